@@ -1,0 +1,404 @@
+"""Experiment YAML -> validated, immutable specs, one :class:`RunSpec` per sweep point.
+
+Loading goes: ``yaml.safe_load`` (duplicate keys are errors) -> command-line overrides
+(``workload.rate_rps=40``) -> ``sweep`` expansion (a grid over any keys, times seeds) ->
+pydantic validation of each point (unknown keys, wrong types and impossible values are
+errors naming the file, the key path and what was expected, with a did-you-mean) -> the
+cross-field checks that need the registries (a model named in the mix exists, a policy's
+``params`` fit its ``Params``, a decoder has output lengths). Nothing is run until every
+point of a sweep has passed, so a bad sweep never writes half its results.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from simulator.errors import ConfigError, validation_message
+from simulator.resources import find_file
+
+__all__ = [
+    "ArrivalSpec",
+    "ClusterSpec",
+    "DeploymentSpec",
+    "EngineSpec",
+    "ExperimentSpec",
+    "MixEntry",
+    "PolicySpec",
+    "RunSpec",
+    "SizeSpec",
+    "SloSpec",
+    "SweepSpec",
+    "WorkloadSpec",
+    "apply_overrides",
+    "expand",
+    "load_experiment",
+    "read_yaml",
+]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class _Open(BaseModel):
+    """A spec naming a plug-in plus that plug-in's own parameters (validated later)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The keys besides the plug-in's name: its parameters."""
+        return dict(self.model_extra or {})
+
+
+class PolicySpec(_Open):
+    """``{policy: NAME, **params}``: a policy by registry name or ``module:Class``."""
+
+    policy: str
+
+
+class SizeSpec(_Open):
+    """``{dist: NAME, **params}``: a size distribution (``fixed``, ``uniform``, ``lognormal``,
+    ``empirical``) or a plug-in ``module:Class``."""
+
+    dist: str
+
+
+class ArrivalSpec(_Open):
+    """``{process: NAME, **params}``: an arrival process (``poisson``, ``gamma``)."""
+
+    process: str = "poisson"
+
+
+class SloSpec(_Spec):
+    """Latency objectives of a request class, in milliseconds (each optional)."""
+
+    ttft_ms: float | None = Field(default=None, gt=0)
+    tpot_ms: float | None = Field(default=None, gt=0)
+    e2e_ms: float | None = Field(default=None, gt=0)
+
+
+def _fixed_size(value: Any) -> Any:
+    """Accept a bare integer as shorthand for ``{dist: fixed, value: N}``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return {"dist": "fixed", "value": value}
+    return value
+
+
+Size = Annotated[SizeSpec, BeforeValidator(_fixed_size)]
+
+
+class JointLengths(_Spec):
+    """Joint (input, output) token pairs sampled from rows of a CSV or parquet file."""
+
+    file: str
+    input_column: str
+    output_column: str
+
+
+class MixEntry(_Spec):
+    """One class of requests: which model, tenant, share of arrivals, sizes, SLOs, priority.
+
+    Sizes: ``input_tokens`` (language models), ``output_tokens`` (decoders), or
+    ``input_samples`` (images for a CNN, queries for a recommender); each an integer or a
+    distribution. ``lengths`` samples (input, output) token pairs jointly from a file.
+    """
+
+    model: str
+    tenant: str = "default"
+    weight: float = Field(default=1.0, gt=0)
+    input_tokens: Size | None = None
+    output_tokens: Size | None = None
+    input_samples: Size = SizeSpec(dist="fixed", value=1)
+    lengths: JointLengths | None = None
+    slo: SloSpec = SloSpec()
+    priority: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> MixEntry:
+        if self.lengths is not None and (self.input_tokens is not None or self.output_tokens is not None):
+            raise ValueError("give either 'lengths' (joint pairs) or input_tokens/output_tokens, not both")
+        return self
+
+
+class WorkloadSpec(_Spec):
+    """Arrivals at ``rate_rps`` from ``arrival``, until ``num_requests`` or ``duration_s``
+    (whichever comes first), with request classes drawn from ``mix`` by weight."""
+
+    rate_rps: float = Field(gt=0)
+    arrival: ArrivalSpec = ArrivalSpec()
+    num_requests: int | None = Field(default=None, gt=0)
+    duration_s: float | None = Field(default=None, gt=0)
+    mix: list[MixEntry] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> WorkloadSpec:
+        if self.num_requests is None and self.duration_s is None:
+            raise ValueError("give num_requests or duration_s (or both: whichever is reached first)")
+        return self
+
+
+class ClusterSpec(_Spec):
+    """The hardware: a profile, how many nodes (default: as many as the models need) and the
+    default number of replicas of each model."""
+
+    profile: str = "a100-sxm-80gb"
+    nodes: int | None = Field(default=None, gt=0)
+    devices_per_node: int | None = Field(default=None, gt=0)
+    replicas: int = Field(default=1, gt=0)
+
+
+class DeploymentSpec(_Spec):
+    """One served model: its architecture (default: the deployment's name), replicas, dtype,
+    tensor parallelism, batching and scheduling policies, and the fraction of device memory it
+    may use (as vLLM's ``gpu_memory_utilization``)."""
+
+    architecture: str | None = None
+    replicas: int | None = Field(default=None, gt=0)
+    dtype: str | None = None
+    tensor_parallel: int = Field(default=1, gt=0)
+    batching: PolicySpec = PolicySpec(policy="none")
+    scheduling: PolicySpec = PolicySpec(policy="fcfs")
+    memory_utilization: float = Field(default=0.9, gt=0, le=1)
+
+
+class EngineSpec(_Spec):
+    """Engine options. ``coalesce_decode`` jumps over runs of identical decode iterations in
+    one event (results are identical to stepping; a test proves it).
+    ``timeseries_interval_s`` sets the sampling period of ``timeseries.parquet`` (default:
+    the arrival window / 200)."""
+
+    coalesce_decode: bool = True
+    timeseries_interval_s: float | None = Field(default=None, gt=0)
+
+
+class SweepSpec(_Spec):
+    """A grid over any keys (dotted paths to lists of values), times ``seeds``."""
+
+    grid: dict[str, list[Any]] = {}
+    seeds: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SweepSpec:
+        for key, values in self.grid.items():
+            if not values:
+                raise ValueError(f"grid.{key}: needs at least one value")
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {self.seeds}")
+        return self
+
+
+class ExperimentSpec(_Spec):
+    """A whole experiment point: validated and frozen (one point of a sweep)."""
+
+    name: str
+    description: str = ""
+    seed: int = 0
+    cluster: ClusterSpec = ClusterSpec()
+    models: dict[str, DeploymentSpec] = Field(min_length=1)
+    routing: PolicySpec = PolicySpec(policy="round_robin")
+    workload: WorkloadSpec
+    engine: EngineSpec = EngineSpec()
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of an experiment: a validated point of the sweep with its seed and id.
+
+    ``source`` is the YAML file (for messages and relative paths); ``point`` the grid values
+    that made this run (empty without a sweep); ``spec_hash`` identifies the run's whole
+    configuration (a finished run with the same hash is not run again).
+    """
+
+    spec: ExperimentSpec
+    run_id: str
+    source: Path
+    point: tuple[tuple[str, Any], ...]
+
+    @property
+    def seed(self) -> int:
+        """The run's seed."""
+        return self.spec.seed
+
+    @property
+    def base_dir(self) -> Path:
+        """The folder of the YAML file, against which relative paths resolve."""
+        return self.source.parent
+
+    @property
+    def spec_hash(self) -> str:
+        """A SHA-256 of the run's resolved configuration."""
+        blob = json.dumps(self.spec.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def resolved(self) -> dict[str, Any]:
+        """The resolved configuration as plain data (for ``config.resolved.yaml``)."""
+        return self.spec.model_dump(mode="json", exclude_none=True)
+
+
+# --------------------------------------------------------------------------------------------
+# YAML
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses duplicate keys (PyYAML keeps the last one silently)."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
+        seen[key] = True
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping with ``safe_load`` semantics; errors name the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty; expected an experiment mapping")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+# --------------------------------------------------------------------------------------------
+# overrides and sweeps
+
+
+def _set_path(doc: dict[str, Any], path: str, value: Any, source: str) -> None:
+    parts = path.split(".")
+    node: Any = doc
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+                raise ConfigError(f"{source}: {where}: expected an index into a list of {len(node)}")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+        else:
+            prefix = ".".join(parts[:i])
+            raise ConfigError(f"{source}: {where}: '{prefix}' is a {type(node).__name__}, not a mapping")
+
+
+def apply_overrides(doc: dict[str, Any], overrides: Sequence[str], source: str) -> dict[str, Any]:
+    """Return a copy of ``doc`` with each ``key.path=value`` applied (value parsed as YAML)."""
+    out = copy.deepcopy(doc)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or not re.fullmatch(r"[A-Za-z0-9_\-.:]+", key):
+            raise ConfigError(f"command-line override '{item}': expected key.path=value, e.g. workload.rate_rps=40")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"command-line override '{item}': value is not valid YAML: {exc}") from None
+        _set_path(out, key, value, f"{source} (command line)")
+    return out
+
+
+def _fmt(value: Any) -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return re.sub(r"[^A-Za-z0-9.+\-]", "", text.replace("/", "-")) or "x"
+
+
+def _run_id(point: Sequence[tuple[str, Any]], seed: int) -> str:
+    last = [k.split(".")[-1] for k, _ in point]
+    names = [k if last.count(k.split(".")[-1]) > 1 else k.split(".")[-1] for k, _ in point]
+    parts = [f"{re.sub(r'[^A-Za-z0-9_.]', '', n)}-{_fmt(v)}" for n, (_, v) in zip(names, point, strict=True)]
+    parts.append(f"seed-{seed}")
+    return "_".join(parts)
+
+
+def _validate(doc: dict[str, Any], source: Path, note: str) -> ExperimentSpec:
+    doc = dict(doc)
+    doc.setdefault("name", source.stem)
+    try:
+        return ExperimentSpec.model_validate(doc)
+    except ValidationError as exc:
+        msg = validation_message(exc, str(source), ExperimentSpec)
+        raise ConfigError(msg + (f"\n({note})" if note else "")) from None
+
+
+def expand(doc: Mapping[str, Any], source: Path, overrides: Sequence[str] = ()) -> list[RunSpec]:
+    """Expand a raw experiment mapping into validated :class:`RunSpec` objects.
+
+    Command-line ``overrides`` apply first; an override of a key the sweep grid also sets
+    replaces that grid axis. Each point of ``grid x seeds`` is then validated on its own.
+    """
+    doc = dict(doc)
+    raw_sweep = doc.pop("sweep", None) or {}
+    if not isinstance(raw_sweep, dict):
+        raise ConfigError(f"{source}: sweep: expected a mapping with 'grid' and/or 'seeds'")
+    try:
+        sweep = SweepSpec.model_validate(raw_sweep)
+    except ValidationError as exc:
+        raise ConfigError(validation_message(exc, str(source), SweepSpec, prefix=("sweep",))) from None
+    overridden = {item.partition("=")[0] for item in overrides}
+    doc = apply_overrides(doc, overrides, str(source))
+    grid = {k: v for k, v in sweep.grid.items() if k not in overridden}
+    base_seed = doc.get("seed", 0)
+    seeds = [base_seed] if "seed" in overridden or sweep.seeds is None else sweep.seeds
+    keys = list(grid)
+    runs: list[RunSpec] = []
+    seen: dict[str, tuple[tuple[str, Any], ...]] = {}
+    for values in itertools.product(*(grid[k] for k in keys)):
+        point = tuple(zip(keys, values, strict=True))
+        for seed in seeds:
+            assigned = [f"{k}={json.dumps(v)}" for k, v in point] + [f"seed={seed}"]
+            point_doc = apply_overrides(doc, assigned, str(source))
+            note = f"sweep point {', '.join(assigned)}" if keys or len(seeds) > 1 else ""
+            spec = _validate(point_doc, source, note)
+            run_id = _run_id(point, seed)
+            if run_id in seen:
+                run_id = f"{run_id}_{hashlib.sha256(repr(point).encode()).hexdigest()[:6]}"
+            seen[run_id] = point
+            runs.append(RunSpec(spec, run_id, source, point))
+    return runs
+
+
+def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> list[RunSpec]:
+    """Read, override, expand and validate an experiment file (or a shipped experiment's name).
+
+    Returns one :class:`RunSpec` per sweep point. Only schema-level validation happens here;
+    :func:`simulator.build.check_run` completes the cross-field checks.
+    """
+    found = find_file(path, "experiments")
+    if found is None:
+        raise ConfigError(f"{path}: experiment file not found")
+    found = found.resolve()
+    return expand(read_yaml(found), found, overrides)

@@ -1,0 +1,166 @@
+"""The cost model: (model, parallelism, device profile, batch shape) -> seconds.
+
+For each operator (ARCHITECTURE.md, "The cost model")::
+
+    time = launch_overhead + max(flops / (peak_flops[dtype] * eff_compute(kind)),
+                                 bytes / (mem_bw * eff_memory(kind)))
+
+An all-reduce among ``p`` devices on a link costs a ring all-reduce:
+``2(p-1) * latency + 2(p-1)/p * bytes / bandwidth``.
+
+The functions are pure and cached per deployment: a :class:`ModelCost` caches forward-pass
+times per batch shape, and prices a decoder's pure-decode iterations vectorised over their KV
+lengths, so that many identical decode steps cost one numpy call. Which operator kinds were
+priced from stated default efficiencies rather than measured tables is kept in
+:attr:`ModelCost.uncalibrated_kinds` and written into each run's metadata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from simulator.hardware import HardwareProfile, LinkSpec
+from simulator.models import CNN, Architecture, Decoder, Encoder, Operator, Recommendation
+
+__all__ = ["ModelCost", "allreduce_s", "operator_s"]
+
+
+def allreduce_s(nbytes: float, devices: int, link: LinkSpec) -> float:
+    """Seconds for a ring all-reduce of ``nbytes`` among ``devices`` devices on ``link``."""
+    if devices <= 1:
+        return 0.0
+    steps = 2 * (devices - 1)
+    return steps * link.latency_s + (steps / devices) * nbytes / link.bandwidth_bytes_per_s
+
+
+def operator_s(op: Operator, profile: HardwareProfile, dtype: str, tp: int = 1) -> float:
+    """Seconds for all ``op.count`` instances of ``op`` on one device of ``profile``."""
+    if op.kind == "allreduce":
+        return op.count * allreduce_s(op.bytes, tp, profile.node.intra_node)
+    compute = op.flops / (profile.peak_flops(dtype) * profile.compute_efficiency(op.kind))
+    memory = op.bytes / (profile.memory_bandwidth_bytes_per_s * profile.memory_efficiency(op.kind))
+    return op.count * (profile.launch_overhead_s + max(compute, memory))
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What a replica runs: an architecture in a dtype over ``tp`` tensor-parallel devices."""
+
+    arch: Architecture
+    dtype: str
+    tp: int = 1
+
+
+class ModelCost:
+    """Cached step costs of one deployment on one hardware profile.
+
+    Invariant: every method is a pure function of its arguments (same inputs, same float).
+    """
+
+    def __init__(self, deployment: Deployment, profile: HardwareProfile) -> None:
+        self.deployment = deployment
+        self.profile = profile
+        self.arch = deployment.arch
+        self.dtype = deployment.dtype
+        self.tp = deployment.tp
+        profile.peak_flops(self.dtype)  # fail early on a dtype the device lacks
+        self._batch_cache: dict[tuple[int, int], float] = {}
+        self._dense_cache: dict[tuple[int, int], float] = {}
+        self._prefill_cache: dict[tuple[int, int], float] = {}
+        self.uncalibrated_kinds: set[str] = set()
+        if isinstance(self.arch, Decoder):
+            a, b, c, d = self.arch.decode_attention_terms(self.dtype, self.tp)
+            peak = profile.peak_flops(self.dtype) * profile.compute_efficiency("attention")
+            bw = profile.memory_bandwidth_bytes_per_s * profile.memory_efficiency("attention")
+            # per-layer seconds = overhead + max(a*kv + c*n) / peak, (b*kv + d*n) / bw)
+            self._dec = (a / peak, c / peak, b / bw, d / bw)
+            self.uncalibrated_kinds.add("attention")
+
+    def _sum(self, ops: Iterable[Operator]) -> float:
+        total = 0.0
+        for op in ops:
+            if not self.profile.calibrated:
+                self.uncalibrated_kinds.add(op.kind)
+            total += operator_s(op, self.profile, self.dtype, self.tp)
+        return total
+
+    # ---- non-autoregressive models -------------------------------------------------------
+
+    def batch_s(self, samples: int, seq_len: int = 0) -> float:
+        """Seconds for one forward pass over a batch.
+
+        ``samples`` images (CNN), queries (DLRM) or sequences (encoder, padded to
+        ``seq_len`` tokens).
+        """
+        key = (samples, seq_len)
+        cached = self._batch_cache.get(key)
+        if cached is not None:
+            return cached
+        arch = self.arch
+        if isinstance(arch, Encoder):
+            ops = arch.operators(samples, seq_len, self.dtype, self.tp)
+        elif isinstance(arch, CNN | Recommendation):
+            ops = arch.operators(samples, self.dtype)
+        else:
+            raise TypeError(f"{arch.name} is autoregressive: cost it per iteration")
+        value = self._sum(ops)
+        self._batch_cache[key] = value
+        return value
+
+    # ---- decoders ------------------------------------------------------------------------
+
+    def dense_s(self, n_tokens: int, n_seqs: int) -> float:
+        """Seconds for every non-attention operator of one iteration (see ``Decoder``)."""
+        key = (n_tokens, n_seqs)
+        cached = self._dense_cache.get(key)
+        if cached is None:
+            assert isinstance(self.arch, Decoder)
+            cached = self._sum(self.arch.dense_operators(n_tokens, n_seqs, self.dtype, self.tp))
+            self._dense_cache[key] = cached
+        return cached
+
+    def prefill_attention_s(self, q_len: int, kv_len: int) -> float:
+        """Seconds of attention for one request prefilling ``q_len`` tokens over ``kv_len`` keys."""
+        key = (q_len, kv_len)
+        cached = self._prefill_cache.get(key)
+        if cached is None:
+            assert isinstance(self.arch, Decoder)
+            cached = self._sum([self.arch.prefill_attention(q_len, kv_len, self.dtype, self.tp)])
+            self._prefill_cache[key] = cached
+        return cached
+
+    def decode_attention_s(self, n_seqs: int, kv_tokens: np.ndarray) -> np.ndarray:
+        """Seconds of decode attention for ``n_seqs`` sequences holding ``kv_tokens`` keys in
+        total, elementwise over an array of KV totals (one per iteration)."""
+        fa, fc, ba, bd = self._dec
+        assert isinstance(self.arch, Decoder)
+        per_layer = np.maximum(fa * kv_tokens + fc * n_seqs, ba * kv_tokens + bd * n_seqs)
+        return self.arch.layers * (self.profile.launch_overhead_s + per_layer)
+
+    def decode_steps_s(self, n_seqs: int, kv_tokens: np.ndarray) -> np.ndarray:
+        """Seconds of each of a run of pure-decode iterations of ``n_seqs`` sequences.
+
+        ``kv_tokens[i]`` is the batch's total KV length attended in iteration ``i``. This is
+        the one function both the coalesced and the step-by-step engine use, so the two give
+        bit-identical times.
+        """
+        return self.dense_s(n_seqs, n_seqs) + self.decode_attention_s(n_seqs, kv_tokens)
+
+    def iteration_s(self, prefills: Sequence[tuple[int, int]], n_decode: int, decode_kv_tokens: int) -> float:
+        """Seconds of one mixed iteration.
+
+        ``prefills``: ``(q_len, kv_len)`` of each request prefilling in it; ``n_decode``
+        requests decode one token each, attending ``decode_kv_tokens`` keys in total.
+        """
+        if not prefills:
+            return float(self.decode_steps_s(n_decode, np.array([float(decode_kv_tokens)]))[0])
+        n_tokens = n_decode + sum(q for q, _ in prefills)
+        total = self.dense_s(n_tokens, n_decode + len(prefills))
+        for q_len, kv_len in prefills:
+            total += self.prefill_attention_s(q_len, kv_len)
+        if n_decode:
+            total += float(self.decode_attention_s(n_decode, np.array([float(decode_kv_tokens)]))[0])
+        return total
