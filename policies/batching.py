@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field, model_validator
 
-from simulator.policy import WAIT, BatchDecision, Policy, PolicyParams, ReplicaView
+from simulator.policy import WAIT, BatchDecision, Policy, PolicyParams, ReplicaView, RequestView
 
 __all__ = ["ContinuousBatching", "DynamicBatching", "NoBatching", "StaticBatching"]
 
@@ -51,6 +51,8 @@ class StaticBatching(Policy):
         """``max_batch_size``: the fixed batch size (>= 1)."""
 
         max_batch_size: int = Field(ge=1)
+
+    params: Params
 
     def next_batch(self, replica: ReplicaView, now_s: float) -> BatchDecision:
         """A full batch, or the final partial one."""
@@ -88,6 +90,8 @@ class DynamicBatching(Policy):
                 raise ValueError(f"preferred_batch_sizes {sizes} must be increasing and distinct")
             return self
 
+    params: Params
+
     def __init__(self, params: Params, rng: np.random.Generator | None = None) -> None:
         super().__init__(params, rng)
         self._delay_s = params.max_queue_delay_ms / 1e3
@@ -122,6 +126,8 @@ class ContinuousBatching(Policy):
         max_batch_size: int = Field(default=256, ge=1)
         max_batch_tokens: int = Field(default=8192, ge=1)
 
+    params: Params
+
     def next_batch(self, replica: ReplicaView, now_s: float) -> BatchDecision:
         """Admit from the head of the queue while the batch, token and KV budgets allow."""
         queue = replica.queue
@@ -136,7 +142,7 @@ class ContinuousBatching(Policy):
             return BatchDecision(admit=tuple(queue[:room])) if not running else WAIT
         tokens = running  # one decode token per running request
         kv_free = replica.kv_capacity_tokens - replica.kv_used_tokens
-        admit = []
+        admit: list[RequestView] = []
         for req in queue:
             if len(admit) >= room:
                 break

@@ -120,7 +120,7 @@ class MixEntry(_Spec):
     weight: float = Field(default=1.0, gt=0)
     input_tokens: Size | None = None
     output_tokens: Size | None = None
-    input_samples: Size = SizeSpec(dist="fixed", value=1)
+    input_samples: Size = SizeSpec.model_validate({"dist": "fixed", "value": 1})
     lengths: JointLengths | None = None
     slo: SloSpec = SloSpec()
     priority: int = 0
@@ -332,6 +332,10 @@ def apply_overrides(doc: dict[str, Any], overrides: Sequence[str], source: str) 
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, dict):  # a policy or distribution spec: name it by what it selects
+        named = next((value[k] for k in ("policy", "dist", "process") if k in value), None)
+        digest = hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:6]
+        return f"{_fmt(named)}.{digest}" if named is not None else digest
     text = f"{value:g}" if isinstance(value, float) else str(value)
     return re.sub(r"[^A-Za-z0-9.+\-]", "", text.replace("/", "-")) or "x"
 
@@ -360,7 +364,8 @@ def expand(doc: Mapping[str, Any], source: Path, overrides: Sequence[str] = ()) 
     Command-line ``overrides`` apply first; an override of a key the sweep grid also sets
     replaces that grid axis. Each point of ``grid x seeds`` is then validated on its own.
     """
-    doc = dict(doc)
+    overridden = {item.partition("=")[0] for item in overrides}
+    doc = apply_overrides(dict(doc), overrides, str(source))
     raw_sweep = doc.pop("sweep", None) or {}
     if not isinstance(raw_sweep, dict):
         raise ConfigError(f"{source}: sweep: expected a mapping with 'grid' and/or 'seeds'")
@@ -368,8 +373,6 @@ def expand(doc: Mapping[str, Any], source: Path, overrides: Sequence[str] = ()) 
         sweep = SweepSpec.model_validate(raw_sweep)
     except ValidationError as exc:
         raise ConfigError(validation_message(exc, str(source), SweepSpec, prefix=("sweep",))) from None
-    overridden = {item.partition("=")[0] for item in overrides}
-    doc = apply_overrides(doc, overrides, str(source))
     grid = {k: v for k, v in sweep.grid.items() if k not in overridden}
     base_seed = doc.get("seed", 0)
     seeds = [base_seed] if "seed" in overridden or sweep.seeds is None else sweep.seeds

@@ -47,6 +47,16 @@ __all__ = ["Environment", "PolicyError", "Replica", "Simulation", "SimulationRes
 _KEY = attrgetter("queue_key")
 
 
+def _waker(event: simpy.Event) -> Any:
+    """A timer callback that triggers ``event`` unless something else already did."""
+
+    def wake(_timer: simpy.Event) -> None:
+        if not event.triggered:
+            event.succeed()
+
+    return wake
+
+
 class PolicyError(LdsimError):
     """A policy returned a decision the engine cannot apply (names the policy and replica)."""
 
@@ -121,6 +131,8 @@ class Replica:
         self._n_dec = 0  # running requests that are decoding
         self._dec_kv = 0  # sum over decoding requests of (input_tokens + generated_tokens)
         self._kv_bytes_per_token = arch.kv_bytes_per_token(plan.dtype, plan.tp) if isinstance(arch, Decoder) else 0.0
+        self._jump_ends: np.ndarray | None = None  # iteration end times of a coalesced run
+        self._jump_accounted = 0  # its iterations already in the statistics
         # statistics for the timeseries and the summary
         self.busy_s = 0.0
         self._busy_since = 0.0
@@ -219,6 +231,7 @@ class Replica:
     def _idle(self, now: float, wake_at_s: float | None) -> Generator[simpy.Event, Any, None]:
         """Wait for an arrival, or until ``wake_at_s``."""
         env = self._env
+        self._idle_at(now)
         event = env.event()
         self._wake = event
         self._wake_on_arrival = True
@@ -228,28 +241,47 @@ class Replica:
                     f"batching policy {type(self._batching).__name__} on replica {self.replica_id}"
                     f" ({self.model}) admitted nothing and asked to wake at {wake_at_s!r} <= now ({now!r})"
                 )
-            env.timer_at(wake_at_s).callbacks.append(lambda _e: event.triggered or event.succeed())
+            env.timer_at(wake_at_s).callbacks.append(_waker(event))
         yield event
         self._wake = None
         self._wake_on_arrival = False
 
     def _busy(self, now: float) -> None:
-        self.busy = True
-        self._busy_since = now
+        """Start a busy period (no-op inside one: busy periods are maximal intervals)."""
+        if not self.busy:
+            self.busy = True
+            self._busy_since = now
 
     def _idle_at(self, now: float) -> None:
-        self.busy_s += now - self._busy_since
-        self._busy_since = now
-        self.busy = False
+        if self.busy:
+            self.busy_s += now - self._busy_since
+            self._busy_since = now
+            self.busy = False
 
     def flush_stats(self, now: float) -> tuple[float, float]:
-        """Move busy time and queue area up to ``now`` into the totals; return both totals."""
+        """Bring busy time, queue area and the iterations of a coalesced decode run completed
+        by ``now`` into the totals; return (busy seconds, queue area)."""
         if self.busy:
             self.busy_s += now - self._busy_since
             self._busy_since = now
         self._q_area += len(self.queue) * (now - self._q_t)
         self._q_t = now
+        if self._jump_ends is not None:
+            self._account_jump(now)
         return self.busy_s, self._q_area
+
+    def _account_jump(self, now: float) -> None:
+        """Count the iterations of the current coalesced decode run that ended by ``now``."""
+        assert self._jump_ends is not None
+        done = int(np.searchsorted(self._jump_ends, now, side="right"))
+        if done > self._jump_accounted:
+            self._account(done - self._jump_accounted, self._n_dec, 0)
+            self._jump_accounted = done
+
+    def _account(self, iterations: int, n_dec: int, n_prefill: int) -> None:
+        self.steps += iterations
+        self.step_items += iterations * (n_dec + n_prefill)
+        self.tokens_generated += iterations * n_dec + n_prefill
 
     # ---- the loops -----------------------------------------------------------------------
 
@@ -285,7 +317,6 @@ class Replica:
             self.step_items += len(batch)
             yield env.timer_at(now + duration)
             end = env.now
-            self._idle_at(end)
             self.running = []
             self.outstanding -= len(batch)
             for req in batch:
@@ -323,7 +354,6 @@ class Replica:
                 duration = cost.iteration_s(prefills, self._n_dec, self._dec_kv)
                 yield env.timer_at(now + duration)
                 done = self._advance(1, env.now)
-            self._idle_at(env.now)
             if done:
                 self._finish(done, env.now)
 
@@ -337,10 +367,12 @@ class Replica:
         kv = self._dec_kv + n * np.arange(k, dtype=np.float64)
         ends = np.cumsum(np.concatenate(([now], self._cost.decode_steps_s(n, kv))))[1:]
         last = float(ends[-1])
+        self._jump_ends = ends
+        self._jump_accounted = 0
         event = env.event()
         self._wake = event
         self._wake_on_arrival = True
-        env.timer_at(last).callbacks.append(lambda _e: event.triggered or event.succeed())
+        env.timer_at(last).callbacks.append(_waker(event))
         yield event
         self._wake = None
         self._wake_on_arrival = False
@@ -352,15 +384,18 @@ class Replica:
             boundary = float(ends[m - 1])
             if boundary > t:
                 yield env.timer_at(boundary)
-        return self._advance(m, env.now)
+        self._account_jump(env.now)  # iterations 1..m are all complete now
+        self._jump_ends = None
+        return self._advance(m - self._jump_accounted, env.now, accounted=m)
 
-    def _advance(self, m: int, end: float) -> list[Request]:
-        """Account ``m`` iterations ending at ``end``: prefills emit their first token, decodes
-        one token per iteration. Return the requests that have generated all their tokens."""
+    def _advance(self, unaccounted: int, end: float, accounted: int | None = None) -> list[Request]:
+        """Apply ``accounted`` iterations ending at ``end`` (``unaccounted`` of them not yet in
+        the statistics): prefills emit their first token, decodes one token per iteration.
+        Return the requests that have generated all their tokens."""
+        m = unaccounted if accounted is None else accounted
         n_dec = self._n_dec
-        self.steps += m
-        self.step_items += m * (n_dec + len(self._prefill))
-        self.tokens_generated += m * n_dec + len(self._prefill)
+        if unaccounted:
+            self._account(unaccounted, n_dec, len(self._prefill))
         self._dec_kv += m * n_dec
         done = []
         for req in self.running:
@@ -410,15 +445,16 @@ class Simulation:
     """One run: a workload served by a cluster of replicas under the run's policies.
 
     Deterministic: the run's seed is split with :class:`numpy.random.SeedSequence` into the
-    workload's generators and one generator per policy object, in a fixed order.
+    workload's generators and one generator per policy object, in a fixed order. ``table``
+    replaces the generated workload (for tests and replays); its result columns are filled.
     """
 
-    def __init__(self, resolved: ResolvedRun) -> None:
+    def __init__(self, resolved: ResolvedRun, table: RequestTable | None = None) -> None:
         spec = resolved.run.spec
         self.resolved = resolved
         root = np.random.SeedSequence(spec.seed)
         workload_ss, routing_ss, replica_ss = root.spawn(3)
-        self.table = resolved.generate_workload(workload_ss)
+        self.table = table if table is not None else resolved.generate_workload(workload_ss)
         self.env = Environment()
         self.arrivals_done = False
         self.finished = 0

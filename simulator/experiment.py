@@ -11,6 +11,8 @@ runs exactly this for every sweep point, so a run never starts on a spec that ca
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,8 +219,20 @@ def _check_tp(arch: Architecture, tp: int, where: str) -> None:
         )
 
 
+def plugin_search_path(run: RunSpec) -> None:
+    """Let plug-ins named as ``module:Class`` live beside the experiment file or in the cwd."""
+    for folder in (str(run.base_dir), os.getcwd()):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+
+
 def resolve(run: RunSpec) -> ResolvedRun:
-    """Resolve and check one run (see the module docstring). Raises :class:`ConfigError`."""
+    """Resolve and check one run (see the module docstring). Raises :class:`ConfigError`.
+
+    Plug-ins named as ``module:Class`` are imported from ``sys.path`` with the experiment's
+    folder and the current directory added in front.
+    """
+    plugin_search_path(run)
     spec = run.spec
     source = str(run.source)
     try:

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -221,8 +221,10 @@ def validate_params(
         return None
     try:
         if isinstance(params_cls, type) and issubclass(params_cls, BaseModel):
-            return params_cls.model_validate(dict(params))
-        return params_cls(**params)
+            validated: Any = params_cls.model_validate(dict(params))
+        else:
+            validated = params_cls(**params)
+        return cast(PolicyParams, validated)
     except ValidationError as exc:
         raise ConfigError(validation_message(exc, source, params_cls, prefix, (name_key,))) from None
     except TypeError as exc:

@@ -10,7 +10,6 @@ it. ``jobs > 1`` runs in a pool of worker processes with a progress bar.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -49,7 +48,6 @@ def simulate(run: RunSpec) -> tuple[Any, Any]:
 
 def execute_run(run: RunSpec, out_dir: Path) -> RunOutcome:
     """Simulate ``run`` and write its folder; never raises for a failure of the run itself."""
-    _plugin_paths(run)
     try:
         resolved, result = simulate(run)
         write_run(out_dir, run, resolved, result)
@@ -63,13 +61,6 @@ def execute_run(run: RunSpec, out_dir: Path) -> RunOutcome:
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / f"{run.run_id}.error.txt", detail)
     return RunOutcome(run.run_id, "failed", message)
-
-
-def _plugin_paths(run: RunSpec) -> None:
-    """Let plug-ins named as ``module:Class`` live beside the experiment file or in the cwd."""
-    for folder in (str(run.base_dir), os.getcwd()):
-        if folder not in sys.path:
-            sys.path.insert(0, folder)
 
 
 def run_sweep(
