@@ -12,9 +12,12 @@ at an iteration prefill their whole prompt in it (emitting their first token at 
 the others decode one token each. While a decoder's batch is unchanged (pure decode, the
 policy admitted and dropped nothing), the loop prices the run of iterations up to the next
 completion in one vectorised call and sleeps until its end -- or until the first iteration
-boundary after an arrival routed to it -- giving results identical to stepping (the policy
-contract: a policy whose decision can change at a boundary where no request arrived, left or
-was admitted sets ``decides_every_iteration = True`` and is consulted at every iteration).
+boundary after an arrival routed to it, or at or after the ``wake_at_s`` the policy asked
+for -- giving results identical to stepping. The policy contract that makes this exact: a
+batching policy's decision may change at an iteration boundary only if a request arrived,
+finished or was admitted since its last decision, or its ``wake_at_s`` has come; a policy
+that needs more (e.g. preemption on generated length) sets ``decides_every_iteration = True``
+and is consulted at every iteration.
 
 Every timer is scheduled at an absolute time, so the times computed in one place
 (``now + duration`` or a cumulative sum) are exactly the times recorded.
@@ -73,8 +76,8 @@ class Environment(simpy.Environment):
         return event
 
     def events_scheduled(self) -> int:
-        """Events scheduled so far (consumes nothing observable)."""
-        return int(repr(self._eid)[6:-1])  # itertools.count repr is 'count(N)'
+        """Events scheduled so far (call once, at the end: it consumes one event id)."""
+        return next(self._eid)
 
 
 class Replica:
@@ -348,7 +351,7 @@ class Replica:
                 continue
             self._busy(now)
             if not self._prefill and self._coalesce and not decision.drop:
-                done = yield from self._decode_run(now)
+                done = yield from self._decode_run(now, decision.wake_at_s)
             else:
                 prefills = [(r.input_tokens, r.input_tokens) for r in self._prefill]
                 duration = cost.iteration_s(prefills, self._n_dec, self._dec_kv)
@@ -357,15 +360,19 @@ class Replica:
             if done:
                 self._finish(done, env.now)
 
-    def _decode_run(self, now: float) -> Generator[simpy.Event, Any, list[Request]]:
-        """Run pure-decode iterations up to the next completion, or to the first boundary
-        after an arrival; return the requests that finished."""
+    def _decode_run(self, now: float, wake_at_s: float | None) -> Generator[simpy.Event, Any, list[Request]]:
+        """Run pure-decode iterations up to the next completion, the first boundary at or
+        after the policy's ``wake_at_s``, or the first boundary after an arrival; return the
+        requests that finished."""
         env = self._env
         running = self.running
         n = self._n_dec
         k = min(r.output_tokens - r.generated_tokens for r in running)
         kv = self._dec_kv + n * np.arange(k, dtype=np.float64)
         ends = np.cumsum(np.concatenate(([now], self._cost.decode_steps_s(n, kv))))[1:]
+        if wake_at_s is not None and wake_at_s < ends[-1]:
+            k = int(np.searchsorted(ends, wake_at_s, side="left")) + 1
+            ends = ends[:k]
         last = float(ends[-1])
         self._jump_ends = ends
         self._jump_accounted = 0

@@ -126,8 +126,14 @@ class BatchDecision:
     ``admit``: waiting requests that join the running batch now (a subset of
     ``replica.queue``; for a non-autoregressive model, the batch that runs next).
     ``drop``: waiting requests removed with status ``dropped`` (e.g. SLO already missed).
-    ``wake_at_s``: when nothing runs, decide again at this time at the latest (``None``: at
-    the next arrival or completion). Ignored while a batch runs.
+    ``wake_at_s``: decide again at this time at the latest (``None``: at the next arrival or
+    completion). While a decoder's batch runs, the decision comes at the first iteration
+    boundary at or after it; while a non-autoregressive batch runs, at its end.
+
+    Contract (what lets the engine skip consulting the policy): without ``wake_at_s``, a
+    policy's decision may change only when a request arrives, finishes, or is admitted or
+    dropped. A policy that needs to decide at every decoder iteration regardless (e.g.
+    preemption on generated length) sets the class attribute ``decides_every_iteration = True``.
     """
 
     admit: tuple[Any, ...] = ()

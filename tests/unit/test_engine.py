@@ -19,11 +19,18 @@ def _table(arrivals, model_code=0, input_tokens=0, output_tokens=0, samples=1, m
     n = len(arrivals)
     full = lambda v, dt=np.int64: np.full(n, v, dtype=dt)  # noqa: E731
     return RequestTable(
-        arrival_s=np.asarray(arrivals, dtype=float), model=full(model_code, np.int32), tenant=full(0, np.int32),
+        arrival_s=np.asarray(arrivals, dtype=float),
+        model=full(model_code, np.int32),
+        tenant=full(0, np.int32),
         input_tokens=np.broadcast_to(np.asarray(input_tokens, dtype=np.int64), n).copy(),
-        input_samples=full(samples), output_tokens=np.broadcast_to(np.asarray(output_tokens, dtype=np.int64), n).copy(),
-        priority=full(0, np.int32), ttft_slo_s=full(np.nan, float), tpot_slo_s=full(np.nan, float),
-        e2e_slo_s=full(np.nan, float), model_names=list(models), tenant_names=["default"],
+        input_samples=full(samples),
+        output_tokens=np.broadcast_to(np.asarray(output_tokens, dtype=np.int64), n).copy(),
+        priority=full(0, np.int32),
+        ttft_slo_s=full(np.nan, float),
+        tpot_slo_s=full(np.nan, float),
+        e2e_slo_s=full(np.nan, float),
+        model_names=list(models),
+        tenant_names=["default"],
     )
 
 
@@ -52,9 +59,14 @@ def test_dynamic_batching_waits_for_its_delay_then_runs_the_batch(cnn_doc):
 def test_a_lone_decoder_request_by_hand():
     """TTFT = one prefill iteration; then output_tokens - 1 decode iterations of batch 1."""
     doc = {
-        "name": "lone", "cluster": {"replicas": 1},
+        "name": "lone",
+        "cluster": {"replicas": 1},
         "models": {"llama": {"architecture": "llama-2-7b", "batching": {"policy": "continuous"}}},
-        "workload": {"rate_rps": 1.0, "num_requests": 1, "mix": [{"model": "llama", "input_tokens": 1, "output_tokens": 1}]},
+        "workload": {
+            "rate_rps": 1.0,
+            "num_requests": 1,
+            "mix": [{"model": "llama", "input_tokens": 1, "output_tokens": 1}],
+        },
     }
     resolved = _resolved(doc)
     cost = resolved.models["llama"].cost
@@ -72,9 +84,14 @@ def test_a_lone_decoder_request_by_hand():
 
 def test_continuous_batching_admits_a_newcomer_at_the_next_iteration():
     doc = {
-        "name": "join", "cluster": {"replicas": 1},
+        "name": "join",
+        "cluster": {"replicas": 1},
         "models": {"llama": {"architecture": "llama-2-7b", "batching": {"policy": "continuous"}}},
-        "workload": {"rate_rps": 1.0, "num_requests": 1, "mix": [{"model": "llama", "input_tokens": 1, "output_tokens": 1}]},
+        "workload": {
+            "rate_rps": 1.0,
+            "num_requests": 1,
+            "mix": [{"model": "llama", "input_tokens": 1, "output_tokens": 1}],
+        },
     }
     resolved = _resolved(doc)
     cost = resolved.models["llama"].cost
@@ -91,16 +108,23 @@ def test_continuous_batching_admits_a_newcomer_at_the_next_iteration():
 
 def _decoder_doc(seed, batching, replicas, rate):
     return {
-        "name": "coalesce", "seed": seed,
+        "name": "coalesce",
+        "seed": seed,
         "cluster": {"profile": "a100-sxm-80gb", "replicas": replicas},
         "models": {"llama": {"architecture": "llama-2-7b", "batching": batching}},
         "routing": {"policy": "least_loaded"},
         "engine": {"timeseries_interval_s": 0.37},
         "workload": {
-            "rate_rps": rate, "num_requests": 400,
+            "rate_rps": rate,
+            "num_requests": 400,
             "arrival": {"process": "gamma", "cv": 2.0},
-            "mix": [{"model": "llama", "input_tokens": {"dist": "lognormal", "median": 300, "sigma": 1.0, "max": 3000},
-                     "output_tokens": {"dist": "lognormal", "median": 60, "sigma": 1.0, "max": 1000}}],
+            "mix": [
+                {
+                    "model": "llama",
+                    "input_tokens": {"dist": "lognormal", "median": 300, "sigma": 1.0, "max": 3000},
+                    "output_tokens": {"dist": "lognormal", "median": 60, "sigma": 1.0, "max": 1000},
+                }
+            ],
         },
     }
 
@@ -127,3 +151,36 @@ def test_coalesced_decoding_is_identical_to_stepping(seed, batching):
     pd.testing.assert_frame_equal(fast.timeseries, slow.timeseries, check_exact=True)
     assert [r["busy_s"] for r in fast.replicas] == [r["busy_s"] for r in slow.replicas]
     assert fast.events < slow.events  # and it did coalesce
+
+
+class _TickAdmission:
+    """Continuous batching that admits only on 0.1 s ticks: a decision that changes with time
+    alone, announced to the engine through ``wake_at_s``."""
+
+    def __init__(self, params=None, rng=None):
+        from policies.batching import ContinuousBatching
+
+        self._inner = ContinuousBatching(ContinuousBatching.Params(max_batch_size=16), rng)
+
+    def next_batch(self, replica, now_s):
+        from simulator.policy import BatchDecision
+
+        k = round(now_s / 0.1)
+        if replica.queue and abs(now_s - k * 0.1) > 1e-9:  # off-tick: wait for the next tick
+            nxt = k * 0.1 if k * 0.1 > now_s else (k + 1) * 0.1
+            return BatchDecision(wake_at_s=nxt)
+        return self._inner.next_batch(replica, now_s)
+
+
+def test_time_dependent_policy_is_exact_under_coalescing_through_wake_at():
+    from simulator.registry import BATCHING
+
+    BATCHING.register("tick_admission_test", _TickAdmission)
+    doc = _decoder_doc(7, {"policy": "tick_admission_test"}, 2, 12.0)
+    _, _, fast_df = run_doc(doc)
+    slow_doc = copy.deepcopy(doc)
+    slow_doc["engine"]["coalesce_decode"] = False
+    _, _, slow_df = run_doc(slow_doc)
+    pd.testing.assert_frame_equal(fast_df, slow_df, check_exact=True)
+    ticks = (fast_df["start_s"] / 0.1) % 1.0
+    assert ((ticks < 0.02) | (ticks > 0.98)).mean() > 0.2  # admissions really followed the ticks
