@@ -18,10 +18,15 @@ Each is a published rule with its parameters:
   ``max_batch_size``, whenever the replica is free.
 
 For a decoder, ``none``, ``static`` and ``dynamic`` batch at request level: a batch runs
-until its longest request has finished before the next one is formed.
+until its longest request has finished before the next one is formed, and a batch takes the
+longest prefix of the requests it would run whose KV reservations fit the cache (a request
+that can never fit is rejected on arrival by the engine, so the head always fits an idle
+replica).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -29,6 +34,26 @@ from pydantic import Field, model_validator
 from simulator.policy import WAIT, BatchDecision, Policy, PolicyParams, ReplicaView, RequestView
 
 __all__ = ["ContinuousBatching", "DynamicBatching", "NoBatching", "StaticBatching"]
+
+
+def fitting_prefix(replica: ReplicaView, candidates: Sequence[RequestView]) -> tuple[RequestView, ...]:
+    """The longest prefix of ``candidates`` whose KV reservations (``input_tokens +
+    output_tokens`` each) fit the decoder replica's free KV cache; all of them otherwise."""
+    if not replica.autoregressive:
+        return tuple(candidates)
+    free = replica.kv_capacity_tokens - replica.kv_used_tokens
+    taken = 0
+    for req in candidates:
+        need = req.input_tokens + req.output_tokens
+        if need > free:
+            break
+        free -= need
+        taken += 1
+    return tuple(candidates[:taken])
+
+
+def _run(admit: tuple[RequestView, ...]) -> BatchDecision:
+    return BatchDecision(admit=admit) if admit else WAIT
 
 
 class NoBatching(Policy):
@@ -61,9 +86,9 @@ class StaticBatching(Policy):
         if replica.running or not queue:
             return WAIT
         if len(queue) >= size:
-            return BatchDecision(admit=tuple(queue[:size]))
+            return _run(fitting_prefix(replica, queue[:size]))
         if replica.arrivals_done:
-            return BatchDecision(admit=tuple(queue))
+            return _run(fitting_prefix(replica, queue))
         return WAIT
 
 
@@ -104,14 +129,14 @@ class DynamicBatching(Policy):
         p = self.params
         n = len(queue)
         if n >= p.max_batch_size:
-            return BatchDecision(admit=tuple(queue[: p.max_batch_size]))
+            return _run(fitting_prefix(replica, queue[: p.max_batch_size]))
         preferred = [s for s in p.preferred_batch_sizes if s <= n]
         if preferred:
-            return BatchDecision(admit=tuple(queue[: preferred[-1]]))
+            return _run(fitting_prefix(replica, queue[: preferred[-1]]))
         oldest = min(r.arrival_s for r in queue)
         due_s = oldest + self._delay_s
         if now_s >= due_s or replica.arrivals_done:
-            return BatchDecision(admit=tuple(queue))
+            return _run(fitting_prefix(replica, queue))
         return BatchDecision(wake_at_s=due_s)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import itertools
 import json
 import re
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from simulator.errors import ConfigError, validation_message
 from simulator.resources import find_file
@@ -45,6 +46,18 @@ __all__ = [
     "load_experiment",
     "read_yaml",
 ]
+
+
+class FrozenDict(dict):
+    """A dict that refuses changes after it is built (the mappings inside a frozen spec)."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("a validated spec is immutable; build a new one (e.g. with overrides)")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenDict, (dict(self),))
 
 
 class _Spec(BaseModel):
@@ -140,7 +153,7 @@ class WorkloadSpec(_Spec):
     arrival: ArrivalSpec = ArrivalSpec()
     num_requests: int | None = Field(default=None, gt=0)
     duration_s: float | None = Field(default=None, gt=0)
-    mix: list[MixEntry] = Field(min_length=1)
+    mix: tuple[MixEntry, ...] = Field(min_length=1, strict=False)  # a YAML list, kept as a tuple
 
     @model_validator(mode="after")
     def _check(self) -> WorkloadSpec:
@@ -206,7 +219,7 @@ class ExperimentSpec(_Spec):
     description: str = ""
     seed: int = 0
     cluster: ClusterSpec = ClusterSpec()
-    models: dict[str, DeploymentSpec] = Field(min_length=1)
+    models: Annotated[dict[str, DeploymentSpec], AfterValidator(FrozenDict)] = Field(min_length=1)
     routing: PolicySpec = PolicySpec(policy="round_robin")
     workload: WorkloadSpec
     engine: EngineSpec = EngineSpec()
@@ -266,6 +279,26 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+# YAML 1.2 floats: PyYAML (YAML 1.1) reads `5e2` and `1e-3` as strings; a rate of 5e2 is a number.
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str, name: str = "<command line>") -> Any:
+    """Parse YAML text with ldsim's loader (safe, duplicate keys refused, YAML 1.2 floats)."""
+    stream = io.StringIO(text)
+    stream.name = name  # PyYAML names this in the line/column of an error
+    return yaml.load(stream, Loader=_UniqueKeyLoader)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -277,7 +310,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
+        data = parse_yaml(text, str(path))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if data is None:
@@ -324,7 +357,7 @@ def apply_overrides(doc: dict[str, Any], overrides: Sequence[str], source: str) 
         if not sep or not key or not re.fullmatch(r"[A-Za-z0-9_\-.:]+", key):
             raise ConfigError(f"command-line override '{item}': expected key.path=value, e.g. workload.rate_rps=40")
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = parse_yaml(raw) if raw != "" else ""
         except yaml.YAMLError as exc:
             raise ConfigError(f"command-line override '{item}': value is not valid YAML: {exc}") from None
         _set_path(out, key, value, f"{source} (command line)")

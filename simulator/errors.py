@@ -24,10 +24,19 @@ class ConfigError(LdsimError):
     """An experiment, profile or plug-in configuration that is malformed or inconsistent."""
 
 
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """Return ``"; did you mean 'x'?"`` for the closest of ``choices`` to ``word``, or ``""``."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
+def did_you_mean(word: str, choices: Iterable[str], known_label: str = "known") -> str:
+    """The tail of an "unknown name" message: a suggestion for the closest of ``choices``
+    (when one is close) and the list of valid names.
+
+    ``"; did you mean 'fcfs'? known: edf, fcfs"``, or ``"; known: edf, fcfs"`` without a
+    close match; ``known_label=""`` leaves the list out.
+    """
+    options = list(choices)
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    listing = f"{known_label}: {', '.join(options)}" if known_label and options else ""
+    if close:
+        return f"; did you mean '{close[0]}'?" + (f" {listing}" if listing else "")
+    return f"; {listing}" if listing else ""
 
 
 def _unwrap(annotation: Any) -> list[Any]:
@@ -82,9 +91,7 @@ def validation_message(
         if err["type"] == "extra_forbidden":
             valid = _fields_at(root, loc[:-1]) + (list(extra_keys) if len(loc) == 1 else [])
             key = str(loc[-1])
-            hint = did_you_mean(key, valid)
-            known = f" known keys here: {', '.join(valid)}" if valid else ""
-            lines.append(f"{source}: {path}: unknown key{hint}{known}")
+            lines.append(f"{source}: {path}: unknown key{did_you_mean(key, valid, 'known keys here')}")
         elif err["type"] == "missing":
             lines.append(f"{source}: {path}: required key is missing")
         else:

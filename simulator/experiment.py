@@ -25,7 +25,7 @@ from simulator.cost import Deployment, ModelCost
 from simulator.errors import ConfigError, LdsimError, did_you_mean
 from simulator.hardware import HardwareProfile, load_profile
 from simulator.models import CNN, DTYPE_BYTES, Architecture, Decoder, Encoder, Recommendation
-from simulator.policy import PolicyParams, validate_params
+from simulator.policy import PolicyParams, decision_method, validate_params
 from simulator.registry import ARRIVALS, BATCHING, MODELS, ROUTING, SCHEDULING, SIZES
 from simulator.request import RequestTable
 
@@ -173,6 +173,14 @@ def _policy(registry: Any, spec: Any, source: str, prefix: tuple[Any, ...], name
         target = registry.resolve(name)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    family = registry.family
+    if family in ("batching", "scheduling", "routing"):
+        method = decision_method(family)
+        if not callable(target) or (isinstance(target, type) and not callable(getattr(target, method, None))):
+            raise ConfigError(
+                f"{where}: '{name}' ({getattr(target, '__qualname__', type(target).__name__)}) is not a"
+                f" {family} policy: it has no method '{method}' (write one, or give a plain function)"
+            )
     params = validate_params(target, spec.params, source, prefix, name_key)
     return PolicyPlan(name, target, params)
 
@@ -253,7 +261,6 @@ def resolve(run: RunSpec) -> ResolvedRun:
         if dtype not in DTYPE_BYTES:
             raise ConfigError(
                 f"{where}.dtype: unknown dtype '{dtype}'{did_you_mean(dtype, DTYPE_BYTES)}"
-                f" known: {', '.join(DTYPE_BYTES)}"
             )
         try:
             profile.peak_flops(dtype)
@@ -312,7 +319,7 @@ def resolve(run: RunSpec) -> ResolvedRun:
         if entry.model not in models:
             raise ConfigError(
                 f"{where}.model: '{entry.model}' is not a deployed model"
-                f"{did_you_mean(entry.model, model_names)} deployed: {', '.join(model_names)}"
+                f"{did_you_mean(entry.model, model_names, 'deployed')}"
             )
         arch = models[entry.model].arch
         _check_sizes(entry, arch, where)

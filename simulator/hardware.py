@@ -207,7 +207,7 @@ class HardwareProfile(_Strict):
             known = sorted(self.device.peak_tflops)
             raise ConfigError(
                 f"hardware profile '{self.name}' has no peak for dtype '{dtype}'"
-                f"{did_you_mean(dtype, known)} it has: {', '.join(known)}"
+                f"{did_you_mean(dtype, known, 'it has')}"
             ) from None
 
     def compute_efficiency(self, kind: str) -> float:
@@ -238,8 +238,8 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
     if path is None:
         known = sorted(available_profiles())
         raise ConfigError(
-            f"unknown hardware profile '{name_or_path}'{did_you_mean(str(name_or_path), known)}"
-            f" shipped: {', '.join(known)} (or give a path to a profile YAML)"
+            f"unknown hardware profile '{name_or_path}'{did_you_mean(str(name_or_path), known, 'shipped')}"
+            f" (or give a path to a profile YAML)"
         )
     path = path.resolve()
     if path in _CACHE:

@@ -16,7 +16,6 @@ free-form strings, never by a closed enum, so third parties extend them without 
 from __future__ import annotations
 
 import importlib
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
@@ -60,8 +59,8 @@ def import_target(target: str, what: str) -> Any:
         obj: Any = importlib.import_module(module_name)
     except Exception as exc:  # any import-time failure in a plug-in is the user's to fix
         raise ConfigError(
-            f"could not import the {what} '{target}': {type(exc).__name__}: {exc}"
-            f" (sys.path searched: {', '.join(p or '.' for p in sys.path[:4])}, ...)"
+            f"could not import the {what} '{target}': {type(exc).__name__}: {exc} (modules are"
+            f" looked for beside the experiment file, in the current directory, then on sys.path)"
         ) from exc
     for part in attr.split("."):
         try:
@@ -123,7 +122,7 @@ class Registry:
         if entry is None:
             known = sorted(self._entries)
             raise ConfigError(
-                f"unknown {self.noun} '{name}'{did_you_mean(name, known)} known: {', '.join(known)}"
+                f"unknown {self.noun} '{name}'{did_you_mean(name, known)}"
                 f" (or give a plug-in as 'module:Class', or install one in the entry-point group"
                 f" '{self.group}')"
             )

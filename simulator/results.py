@@ -185,6 +185,8 @@ def read_summaries(out_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for summary_path in sorted(out_dir.glob("*/summary.json")):
         folder = summary_path.parent
+        if folder.name.startswith("."):  # a run being written, or left by an interrupted one
+            continue
         try:
             summary = json.loads(summary_path.read_text())
             config = yaml.safe_load((folder / "config.resolved.yaml").read_text())

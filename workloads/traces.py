@@ -38,7 +38,7 @@ def resolve_data_file(name: str, base_dir: Path | None, where: str) -> Path:
     for cand in candidates:
         if cand.is_file():
             return cand
-    looked = ", ".join(str(c) for c in candidates)
+    looked = ", ".join(dict.fromkeys(str(c.resolve()) for c in candidates))
     raise ConfigError(f"{where}: file '{name}' not found (looked in: {looked})")
 
 
@@ -71,13 +71,13 @@ def read_numeric_columns(path: Path, columns: Sequence[str], where: str) -> dict
         if col not in frame.columns:
             known = list(frame.columns)
             raise ConfigError(
-                f"{where}: {path}: no column '{col}'{did_you_mean(col, known)} columns: {', '.join(known)}"
+                f"{where}: {path}: no column '{col}'{did_you_mean(col, known, 'columns')}"
             )
-        values = (
-            pd.to_numeric(frame[col].astype(str).str.strip(), errors="coerce")
-            if frame[col].dtype == object
-            else frame[col].astype(float)
-        )
+        column = frame[col]
+        if pd.api.types.is_numeric_dtype(column):
+            values = column.astype(float)
+        else:  # read as text (pandas may use object or string dtype): parse, marking bad cells NaN
+            values = pd.to_numeric(column.astype(str).str.strip(), errors="coerce")
         bad = np.flatnonzero(~np.isfinite(values.to_numpy(dtype=float)))
         if bad.size:
             line = int(bad[0]) + 2  # 1-based, after the header
