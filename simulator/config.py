@@ -417,7 +417,10 @@ def expand(doc: Mapping[str, Any], source: Path, overrides: Sequence[str] = ()) 
         for seed in seeds:
             assigned = [f"{k}={json.dumps(v)}" for k, v in point] + [f"seed={seed}"]
             point_doc = apply_overrides(doc, assigned, str(source))
-            note = f"sweep point {', '.join(assigned)}" if keys or len(seeds) > 1 else ""
+            notes = [f"sweep point {', '.join(assigned)}"] if keys or len(seeds) > 1 else []
+            if overrides:
+                notes.append(f"command-line overrides: {' '.join(overrides)}")
+            note = "; ".join(notes)
             spec = _validate(point_doc, source, note)
             run_id = _run_id(point, seed)
             if run_id in seen:
