@@ -113,7 +113,9 @@ def main() -> None:
     for case in args.cases:
         out = subprocess.run(
             [sys.executable, __file__, case, "--child", "--requests-scale", str(args.requests_scale)],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(

@@ -6,9 +6,10 @@ Each is a published rule with its parameters:
 * ``static`` -- wait for exactly ``max_batch_size`` requests (TensorFlow-Serving/
   FasterTransformer-style fixed batches); once no more requests will arrive, the last partial
   batch is flushed so every request is served.
-* ``dynamic`` -- Triton Inference Server's dynamic batcher: run as soon as ``max_batch_size``
-  (or the largest of ``preferred_batch_sizes``) requests wait, otherwise once the oldest
-  request of the forming batch has waited ``max_queue_delay_ms``.
+* ``dynamic`` -- Triton Inference Server's dynamic batcher: run ``max_batch_size`` requests as
+  soon as that many wait; otherwise, as soon as one of ``preferred_batch_sizes`` can be formed,
+  run the largest such size; otherwise run what waits once the oldest request of the forming
+  batch has waited ``max_queue_delay_ms``.
 * ``continuous`` -- iteration-level scheduling as in Orca (Yu et al., OSDI 2022): at every
   iteration of a decoder, waiting requests join the running batch (first come, first served,
   no skipping) while it has fewer than ``max_batch_size`` requests, the iteration's tokens stay

@@ -259,9 +259,7 @@ def resolve(run: RunSpec) -> ResolvedRun:
             raise ConfigError(f"{where}.{key}: {exc}") from None
         dtype = dep.dtype or arch.default_dtype
         if dtype not in DTYPE_BYTES:
-            raise ConfigError(
-                f"{where}.dtype: unknown dtype '{dtype}'{did_you_mean(dtype, DTYPE_BYTES)}"
-            )
+            raise ConfigError(f"{where}.dtype: unknown dtype '{dtype}'{did_you_mean(dtype, DTYPE_BYTES)}")
         try:
             profile.peak_flops(dtype)
         except ConfigError as exc:

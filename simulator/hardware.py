@@ -206,8 +206,7 @@ class HardwareProfile(_Strict):
         except KeyError:
             known = sorted(self.device.peak_tflops)
             raise ConfigError(
-                f"hardware profile '{self.name}' has no peak for dtype '{dtype}'"
-                f"{did_you_mean(dtype, known, 'it has')}"
+                f"hardware profile '{self.name}' has no peak for dtype '{dtype}'{did_you_mean(dtype, known, 'it has')}"
             ) from None
 
     def compute_efficiency(self, kind: str) -> float:

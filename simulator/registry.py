@@ -95,6 +95,11 @@ class Registry:
             self._entries[name] = Entry(name, qual, origin)
             self._loaded[name] = target
 
+    def unregister(self, name: str) -> None:
+        """Forget ``name`` (a registration or a resolved ``module:attr``); no-op if unknown."""
+        self._entries.pop(name, None)
+        self._loaded.pop(name, None)
+
     def _scan_entry_points(self) -> None:
         if self._scanned:
             return

@@ -70,9 +70,7 @@ def read_numeric_columns(path: Path, columns: Sequence[str], where: str) -> dict
     for col in columns:
         if col not in frame.columns:
             known = list(frame.columns)
-            raise ConfigError(
-                f"{where}: {path}: no column '{col}'{did_you_mean(col, known, 'columns')}"
-            )
+            raise ConfigError(f"{where}: {path}: no column '{col}'{did_you_mean(col, known, 'columns')}")
         column = frame[col]
         if pd.api.types.is_numeric_dtype(column):
             values = column.astype(float)

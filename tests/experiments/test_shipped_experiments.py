@@ -22,8 +22,20 @@ from simulator.results import read_summaries
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
-KEYS = ("requests", "completed", "rejected", "dropped", "failed", "throughput_rps", "e2e_p50_s",
-        "e2e_p99_s", "ttft_p99_s", "tpot_p50_s", "queue_mean_s", "utilization")
+KEYS = (
+    "requests",
+    "completed",
+    "rejected",
+    "dropped",
+    "failed",
+    "throughput_rps",
+    "e2e_p50_s",
+    "e2e_p99_s",
+    "ttft_p99_s",
+    "tpot_p50_s",
+    "queue_mean_s",
+    "utilization",
+)
 
 
 def _figures(out: Path) -> dict[str, dict[str, float | int | None]]:
