@@ -2,14 +2,68 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from simulator.cli import main
 from simulator.config import expand
 from simulator.metrics import requests_frame
+from simulator.registry import ARRIVALS, BATCHING, MODELS, ROUTING, SCHEDULING, SIZES
 from simulator.sweep import simulate
+
+#: A small CNN experiment (one replica, 200 requests): checks and runs in well under a second.
+CNN: dict[str, Any] = {
+    "name": "tiny",
+    "seed": 3,
+    "cluster": {"profile": "a100-sxm-80gb", "replicas": 1},
+    "models": {
+        "resnet50": {
+            "architecture": "resnet-50",
+            "batching": {"policy": "dynamic", "max_batch_size": 8, "max_queue_delay_ms": 1},
+        }
+    },
+    "workload": {"rate_rps": 500, "num_requests": 200, "mix": [{"model": "resnet50", "input_samples": 1}]},
+}
+
+#: A small decoder experiment (llama-2-7b, 20 requests).
+LLM: dict[str, Any] = {
+    "name": "llm",
+    "models": {"llama": {"architecture": "llama-2-7b", "batching": {"policy": "continuous"}}},
+    "workload": {
+        "rate_rps": 2,
+        "num_requests": 20,
+        "mix": [{"model": "llama", "input_tokens": 64, "output_tokens": 16}],
+    },
+}
+
+
+@pytest.fixture
+def isolated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Undo what a run leaves in the process: sys.path entries and registrations."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for registry in (ARRIVALS, BATCHING, MODELS, ROUTING, SCHEDULING, SIZES):
+        monkeypatch.setattr(registry, "_entries", dict(registry._entries))
+        monkeypatch.setattr(registry, "_loaded", dict(registry._loaded))
+
+
+def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run ``ldsim argv`` in this process; return (status, stdout, stderr)."""
+    try:
+        status = main(argv)
+    except SystemExit as exc:  # argparse's own exits
+        status = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def write_yaml(path: Path, doc: dict[str, Any]) -> Path:
+    """Write ``doc`` as YAML to ``path``; return the path."""
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return path
 
 
 def make_runs(doc: dict[str, Any], overrides: list[str] | None = None, where: str = "test.yaml"):

@@ -7,61 +7,24 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from pydantic import Field
 
-from simulator.cli import main
 from simulator.hardware import available_profiles
 from simulator.policy import WAIT, BatchDecision, Policy, PolicyParams, ReplicaView
-from simulator.registry import ARRIVALS, BATCHING, MODELS, REGISTRIES, ROUTING, SCHEDULING, SIZES
+from simulator.registry import BATCHING, MODELS, REGISTRIES
 from simulator.resources import data_dir
 from simulator.results import RESULT_FILES
+from tests.conftest import CNN, cli, write_yaml
+
+pytestmark = pytest.mark.usefixtures("isolated")
 
 REPO = Path(__file__).resolve().parents[2]
 
-CNN: dict[str, Any] = {
-    "name": "tiny",
-    "seed": 3,
-    "cluster": {"profile": "a100-sxm-80gb", "replicas": 1},
-    "models": {
-        "resnet50": {
-            "architecture": "resnet-50",
-            "batching": {"policy": "dynamic", "max_batch_size": 8, "max_queue_delay_ms": 1},
-        }
-    },
-    "workload": {"rate_rps": 500, "num_requests": 200, "mix": [{"model": "resnet50", "input_samples": 1}]},
-}
-
 SWEEP = {**CNN, "sweep": {"grid": {"workload.rate_rps": [300, 600]}, "seeds": [1, 2]}}
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Undo what a run leaves in the process: sys.path entries and registrations."""
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    for registry in (ARRIVALS, BATCHING, MODELS, ROUTING, SCHEDULING, SIZES):
-        monkeypatch.setattr(registry, "_entries", dict(registry._entries))
-        monkeypatch.setattr(registry, "_loaded", dict(registry._loaded))
-
-
-def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Run ``ldsim argv`` in this process; return (status, stdout, stderr)."""
-    try:
-        status = main(argv)
-    except SystemExit as exc:  # argparse's own exits
-        status = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def write_yaml(path: Path, doc: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-    return path
 
 
 def mtimes(out_dir: Path) -> dict[str, int]:

@@ -16,36 +16,9 @@ import yaml
 from simulator.cli import main
 from simulator.config import apply_overrides, expand, load_experiment
 from simulator.experiment import resolve
-
-CNN: dict[str, Any] = {
-    "name": "tiny",
-    "seed": 3,
-    "cluster": {"profile": "a100-sxm-80gb", "replicas": 1},
-    "models": {
-        "resnet50": {
-            "architecture": "resnet-50",
-            "batching": {"policy": "dynamic", "max_batch_size": 8, "max_queue_delay_ms": 1},
-        }
-    },
-    "workload": {"rate_rps": 500, "num_requests": 200, "mix": [{"model": "resnet50", "input_samples": 1}]},
-}
-
-LLM: dict[str, Any] = {
-    "name": "llm",
-    "models": {"llama": {"architecture": "llama-2-7b", "batching": {"policy": "continuous"}}},
-    "workload": {
-        "rate_rps": 2,
-        "num_requests": 20,
-        "mix": [{"model": "llama", "input_tokens": 64, "output_tokens": 16}],
-    },
-}
+from tests.conftest import CNN, LLM, write_yaml
 
 SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+\-]*")
-
-
-def write_yaml(path: Path, doc: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-    return path
 
 
 # --------------------------------------------------------------------------------------------

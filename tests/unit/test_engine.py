@@ -12,7 +12,7 @@ from simulator.engine import Simulation
 from simulator.experiment import resolve
 from simulator.metrics import requests_frame
 from simulator.request import RequestTable
-from tests.conftest import make_runs, run_doc
+from tests.conftest import LLM, make_runs, run_doc
 
 
 def _table(arrivals, model_code=0, input_tokens=0, output_tokens=0, samples=1, models=("m",)):
@@ -58,17 +58,7 @@ def test_dynamic_batching_waits_for_its_delay_then_runs_the_batch(cnn_doc):
 
 def test_a_lone_decoder_request_by_hand():
     """TTFT = one prefill iteration; then output_tokens - 1 decode iterations of batch 1."""
-    doc = {
-        "name": "lone",
-        "cluster": {"replicas": 1},
-        "models": {"llama": {"architecture": "llama-2-7b", "batching": {"policy": "continuous"}}},
-        "workload": {
-            "rate_rps": 1.0,
-            "num_requests": 1,
-            "mix": [{"model": "llama", "input_tokens": 1, "output_tokens": 1}],
-        },
-    }
-    resolved = _resolved(doc)
+    resolved = _resolved(LLM)
     cost = resolved.models["llama"].cost
     prompt, out = 500, 40
     result = Simulation(resolved, _table([0.5], input_tokens=prompt, output_tokens=out, models=["llama"])).run()
@@ -83,17 +73,7 @@ def test_a_lone_decoder_request_by_hand():
 
 
 def test_continuous_batching_admits_a_newcomer_at_the_next_iteration():
-    doc = {
-        "name": "join",
-        "cluster": {"replicas": 1},
-        "models": {"llama": {"architecture": "llama-2-7b", "batching": {"policy": "continuous"}}},
-        "workload": {
-            "rate_rps": 1.0,
-            "num_requests": 1,
-            "mix": [{"model": "llama", "input_tokens": 1, "output_tokens": 1}],
-        },
-    }
-    resolved = _resolved(doc)
+    resolved = _resolved(LLM)
     cost = resolved.models["llama"].cost
     table = _table([0.0, 0.05], input_tokens=[200, 300], output_tokens=[200, 5], models=["llama"])
     df = requests_frame(Simulation(resolved, table).run().table)

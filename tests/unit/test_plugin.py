@@ -23,8 +23,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from simulator.cli import main
 from simulator.registry import ARRIVALS, BATCHING, MODELS, ROUTING, SCHEDULING, SIZES
+from tests.conftest import cli, write_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN = REPO / "tests" / "plugins" / "shortest_first.py"
@@ -54,12 +54,9 @@ def experiment(scheduling: str = f"{MODULE}:ShortestFirst", replicas: int = 1, *
 
 
 @pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _fresh_plugin(isolated: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test imports the plug-in afresh and leaves no trace: sys.path, registries, modules."""
-    monkeypatch.setattr(sys, "path", list(sys.path))
     for registry in (ARRIVALS, BATCHING, MODELS, ROUTING, SCHEDULING, SIZES):
-        monkeypatch.setattr(registry, "_entries", dict(registry._entries))
-        monkeypatch.setattr(registry, "_loaded", dict(registry._loaded))
         monkeypatch.setattr(registry, "_scanned", False)
     sys.modules.pop(MODULE, None)
     yield
@@ -73,20 +70,6 @@ def lab(tmp_path: Path) -> Path:
     folder.mkdir()
     shutil.copy(PLUGIN, folder / PLUGIN.name)
     return folder
-
-
-def write_yaml(path: Path, doc: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-    return path
-
-
-def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        status = main(argv)
-    except SystemExit as exc:
-        status = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def order_violations(frame: pd.DataFrame, key: str) -> tuple[int, int]:
