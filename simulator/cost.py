@@ -1,18 +1,21 @@
 """The cost model: (model, parallelism, device profile, batch shape) -> seconds.
 
-For each operator (ARCHITECTURE.md, "The cost model")::
+Each operator is priced from the profile's measured tables when one applies
+(:mod:`simulator.tables`: multilinear interpolation of the achieved rate in log space over the
+measured grid; launch overhead included in what was measured). Where no table applies, by the
+roofline (ARCHITECTURE.md, "The cost model")::
 
     time = launch_overhead + max(flops / (peak_flops[dtype] * eff_compute(kind)),
                                  bytes / (mem_bw * eff_memory(kind)))
 
-An all-reduce among ``p`` devices on a link costs a ring all-reduce:
-``2(p-1) * latency + 2(p-1)/p * bytes / bandwidth``.
+with the profile's stated default efficiencies; such kinds are listed in
+:attr:`ModelCost.uncalibrated_kinds` and in each run's metadata. An all-reduce among ``p``
+devices is read from the profile's measured collective curve for that link and ``p``, or
+costed as a ring all-reduce: ``2(p-1) * latency + 2(p-1)/p * bytes / bandwidth``.
 
 The functions are pure and cached per deployment: a :class:`ModelCost` caches forward-pass
 times per batch shape, and prices a decoder's pure-decode iterations vectorised over their KV
-lengths, so that many identical decode steps cost one numpy call. Which operator kinds were
-priced from stated default efficiencies rather than measured tables is kept in
-:attr:`ModelCost.uncalibrated_kinds` and written into each run's metadata.
+lengths, so that many identical decode steps cost one numpy call.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ import numpy as np
 
 from simulator.hardware import HardwareProfile, LinkSpec
 from simulator.models import CNN, Architecture, Decoder, Encoder, Operator, Recommendation
+from simulator.tables import DIMS
 
-__all__ = ["ModelCost", "allreduce_s", "operator_s"]
+__all__ = ["Deployment", "ModelCost", "allreduce_s", "operator_cost", "operator_s", "roofline_s"]
 
 
 def allreduce_s(nbytes: float, devices: int, link: LinkSpec) -> float:
@@ -36,13 +40,37 @@ def allreduce_s(nbytes: float, devices: int, link: LinkSpec) -> float:
     return steps * link.latency_s + (steps / devices) * nbytes / link.bandwidth_bytes_per_s
 
 
-def operator_s(op: Operator, profile: HardwareProfile, dtype: str, tp: int = 1) -> float:
-    """Seconds for all ``op.count`` instances of ``op`` on one device of ``profile``."""
-    if op.kind == "allreduce":
-        return op.count * allreduce_s(op.bytes, tp, profile.node.intra_node)
+def roofline_s(op: Operator, profile: HardwareProfile, dtype: str) -> float:
+    """Seconds for one instance of ``op`` by the roofline with default efficiencies."""
     compute = op.flops / (profile.peak_flops(dtype) * profile.compute_efficiency(op.kind))
     memory = op.bytes / (profile.memory_bandwidth_bytes_per_s * profile.memory_efficiency(op.kind))
-    return op.count * (profile.launch_overhead_s + max(compute, memory))
+    return profile.launch_overhead_s + max(compute, memory)
+
+
+def operator_cost(op: Operator, profile: HardwareProfile, dtype: str, tp: int = 1) -> tuple[float, bool]:
+    """Seconds for all ``op.count`` instances of ``op`` on one device, and whether a measured
+    table (or collective curve) priced it."""
+    if op.kind == "allreduce":
+        if tp <= 1:
+            return 0.0, True
+        curve = profile.collective("intra_node", "allreduce", tp)
+        if curve is not None:
+            return op.count * curve.time_s(op.bytes), True
+        return op.count * allreduce_s(op.bytes, tp, profile.node.intra_node), False
+    candidates = [(op.kind, op.shape, op.variant)]
+    if op.fallback is not None:
+        candidates.append((op.fallback[0], op.fallback[1], ""))
+    for kind, shape, variant in candidates:
+        table = profile.table(kind, dtype, variant)
+        if table is not None and len(shape) == table.ndim:
+            work = op.bytes if DIMS[kind][1] == "bytes" else op.flops
+            return op.count * float(table.time_s(np.array([shape], dtype=np.float64), np.array([work]))[0]), True
+    return op.count * roofline_s(op, profile, dtype), False
+
+
+def operator_s(op: Operator, profile: HardwareProfile, dtype: str, tp: int = 1) -> float:
+    """Seconds for all ``op.count`` instances of ``op`` on one device of ``profile``."""
+    return operator_cost(op, profile, dtype, tp)[0]
 
 
 @dataclass(frozen=True)
@@ -71,20 +99,28 @@ class ModelCost:
         self._dense_cache: dict[tuple[int, int], float] = {}
         self._prefill_cache: dict[tuple[int, int], float] = {}
         self.uncalibrated_kinds: set[str] = set()
+        self.calibrated_kinds: set[str] = set()
+        self._decode_table = None
         if isinstance(self.arch, Decoder):
             a, b, c, d = self.arch.decode_attention_terms(self.dtype, self.tp)
-            peak = profile.peak_flops(self.dtype) * profile.compute_efficiency("attention")
-            bw = profile.memory_bandwidth_bytes_per_s * profile.memory_efficiency("attention")
-            # per-layer seconds = overhead + max(a*kv + c*n) / peak, (b*kv + d*n) / bw)
-            self._dec = (a / peak, c / peak, b / bw, d / bw)
-            self.uncalibrated_kinds.add("attention")
+            self._decode_table = profile.table("attention_decode", self.dtype, f"hd{self.arch.head_dim}")
+            self._kv_heads = max(1, self.arch.kv_heads // self.tp)
+            self._dec_bytes = (b, d)
+            if self._decode_table is not None:
+                self.calibrated_kinds.add("attention_decode")
+            else:
+                peak = profile.peak_flops(self.dtype) * profile.compute_efficiency("attention_decode")
+                bw = profile.memory_bandwidth_bytes_per_s * profile.memory_efficiency("attention_decode")
+                # per-layer seconds = overhead + max((a*kv + c*n) / peak, (b*kv + d*n) / bw)
+                self._dec = (a / peak, c / peak, b / bw, d / bw)
+                self.uncalibrated_kinds.add("attention_decode")
 
     def _sum(self, ops: Iterable[Operator]) -> float:
         total = 0.0
         for op in ops:
-            if not self.profile.calibrated:
-                self.uncalibrated_kinds.add(op.kind)
-            total += operator_s(op, self.profile, self.dtype, self.tp)
+            seconds, measured = operator_cost(op, self.profile, self.dtype, self.tp)
+            (self.calibrated_kinds if measured else self.uncalibrated_kinds).add(op.kind)
+            total += seconds
         return total
 
     # ---- non-autoregressive models -------------------------------------------------------
@@ -135,8 +171,15 @@ class ModelCost:
     def decode_attention_s(self, n_seqs: int, kv_tokens: np.ndarray) -> np.ndarray:
         """Seconds of decode attention for ``n_seqs`` sequences holding ``kv_tokens`` keys in
         total, elementwise over an array of KV totals (one per iteration)."""
-        fa, fc, ba, bd = self._dec
         assert isinstance(self.arch, Decoder)
+        table = self._decode_table
+        if table is not None:
+            b, d = self._dec_bytes
+            coords = np.empty((len(kv_tokens), 2))
+            coords[:, 0] = n_seqs * self._kv_heads
+            coords[:, 1] = kv_tokens / n_seqs
+            return self.arch.layers * table.time_s(coords, b * kv_tokens + d * n_seqs)
+        fa, fc, ba, bd = self._dec
         per_layer = np.maximum(fa * kv_tokens + fc * n_seqs, ba * kv_tokens + bd * n_seqs)
         return self.arch.layers * (self.profile.launch_overhead_s + per_layer)
 

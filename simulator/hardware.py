@@ -1,29 +1,37 @@
 """Hardware profiles: what a device, its node, the network and the host can do.
 
 A profile is a YAML file under ``hardware_profiles/`` (format ``ldsim-hardware-profile/1``).
-It states, with units in every key, a device's peak FLOP/s per dtype, memory size and
-bandwidth, kernel-launch overhead, power and price; the links inside a node, between nodes
-and to the host; and the efficiencies (achieved fraction of peak) the cost model applies.
-Its ``provenance`` says which numbers are datasheet values and which were measured, on what
-and when. The loader validates everything and refuses a malformed or inconsistent profile
-with an error naming the file and the field.
+It states, with units in every key, a device's datasheet peak FLOP/s per dtype, memory size
+and bandwidth, kernel-launch overhead, power and price; the links inside a node, between nodes
+and to the host; and the default efficiencies (achieved fraction of peak) the cost model
+applies where it has no measurement. Its ``provenance`` says which numbers are datasheet
+values and which were measured, on what, when and by which command.
 
-Efficiency lookups go through :meth:`HardwareProfile.compute_efficiency` and
-:meth:`HardwareProfile.memory_efficiency`, so measured tables (written by the calibration
-harness) slot in behind them without changing the cost model.
+A calibrated profile adds ``measured_peaks`` (the best throughput the harness achieved,
+beside the datasheet peaks) and ``tables``: the files, beside the YAML, of measured operator
+times (:mod:`simulator.tables`), measured collective and transfer times, and the raw
+measurements they came from. A profile without tables still works: the cost model then prices
+every operator by the roofline and the results say "uncalibrated".
+
+A number may be written bare, in the unit its key names (``memory_bandwidth_gb_per_s:
+2039``), or as a string with a unit (``"2.039 TB/s"``, ``"80 GiB"``, ``"4 us"``), which is
+converted; a unit that does not parse, or does not fit the key, is an error naming the file
+and the field. The loader refuses a malformed or inconsistent profile the same way.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from simulator.errors import ConfigError, did_you_mean, validation_message
 from simulator.resources import data_dir, find_file
+from simulator.tables import CollectiveTable, GridTable, load_collectives, load_tables
 
 __all__ = [
     "DeviceSpec",
@@ -31,10 +39,85 @@ __all__ = [
     "LinkSpec",
     "available_profiles",
     "load_profile",
+    "parse_quantity",
 ]
 
 GIB = 1024**3
 GB = 1e9
+
+# ---- quantities with units ------------------------------------------------------------------
+
+_UNITS: dict[str, dict[str, float]] = {  # dimension -> unit -> value in the dimension's base unit
+    "bandwidth": {
+        "B/s": 1.0,
+        "KB/s": 1e3,
+        "MB/s": 1e6,
+        "GB/s": 1e9,
+        "TB/s": 1e12,
+        "KiB/s": 2.0**10,
+        "MiB/s": 2.0**20,
+        "GiB/s": 2.0**30,
+        "TiB/s": 2.0**40,
+        "Gb/s": 1e9 / 8,
+        "Gbit/s": 1e9 / 8,
+        "Tb/s": 1e12 / 8,
+    },
+    "memory": {
+        "B": 1.0,
+        "KB": 1e3,
+        "MB": 1e6,
+        "GB": 1e9,
+        "TB": 1e12,
+        "KiB": 2.0**10,
+        "MiB": 2.0**20,
+        "GiB": 2.0**30,
+        "TiB": 2.0**40,
+    },
+    "time": {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0},
+    "power": {"mW": 1e-3, "W": 1.0, "kW": 1e3},
+    "flops": {
+        "FLOP/s": 1.0,
+        "GFLOP/s": 1e9,
+        "TFLOP/s": 1e12,
+        "PFLOP/s": 1e15,
+        "TFLOPS": 1e12,
+        "GFLOPS": 1e9,
+        "PFLOPS": 1e15,
+    },
+}
+_NUMBER_UNIT = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([^\s\d].*?)?\s*$")
+
+
+def parse_quantity(value: Any, dimension: str, unit: str) -> Any:
+    """``value`` converted to ``unit`` of ``dimension`` when it is a string with a unit.
+
+    Numbers pass through (they are in ``unit`` already). Raises ``ValueError`` with what was
+    expected for a string that does not parse or whose unit is of another dimension.
+    """
+    if not isinstance(value, str):
+        return value
+    match = _NUMBER_UNIT.match(value)
+    known = _UNITS[dimension]
+    if match is None:
+        raise ValueError(
+            f"cannot read {value!r} as a {dimension}: expected a number and a unit such as '{next(iter(known))}'"
+        )
+    number, given = float(match.group(1)), (match.group(2) or unit)
+    if given not in known:
+        hint = did_you_mean(given, known, "known units")
+        raise ValueError(f"cannot read {value!r} as a {dimension}: unknown unit '{given}'{hint}")
+    return number * known[given] / known[unit]
+
+
+def _quantity(dimension: str, unit: str) -> Any:
+    return BeforeValidator(lambda v: parse_quantity(v, dimension, unit))
+
+
+Bandwidth = Annotated[float, _quantity("bandwidth", "GB/s")]
+MemoryGiB = Annotated[float, _quantity("memory", "GiB")]
+Micros = Annotated[float, _quantity("time", "us")]
+Watts = Annotated[float, _quantity("power", "W")]
+TeraFlops = Annotated[float, _quantity("flops", "TFLOP/s")]
 
 
 class _Strict(BaseModel):
@@ -45,8 +128,8 @@ class LinkSpec(_Strict):
     """One kind of link: a per-direction bandwidth and a one-way latency."""
 
     name: str
-    bandwidth_gb_per_s: float = Field(gt=0, description="per direction, 1e9 bytes/s")
-    latency_us: float = Field(ge=0)
+    bandwidth_gb_per_s: Bandwidth = Field(gt=0, description="per direction, 1e9 bytes/s")
+    latency_us: Micros = Field(ge=0)
 
     @property
     def bandwidth_bytes_per_s(self) -> float:
@@ -64,15 +147,15 @@ class LinkSpec(_Strict):
 
 
 class DeviceSpec(_Strict):
-    """One accelerator: peaks, memory, launch overhead, power and price."""
+    """One accelerator (or a CPU standing in for one): peaks, memory, launch overhead, power, price."""
 
     model: str
-    memory_gib: float = Field(gt=0)
-    memory_bandwidth_gb_per_s: float = Field(gt=0)
-    peak_tflops: dict[str, float] = Field(min_length=1, description="dense peak per dtype")
-    kernel_launch_overhead_us: float = Field(ge=0)
-    power_tdp_w: float = Field(gt=0)
-    power_idle_w: float = Field(ge=0)
+    memory_gib: MemoryGiB = Field(gt=0)
+    memory_bandwidth_gb_per_s: Bandwidth = Field(gt=0)
+    peak_tflops: dict[str, TeraFlops] = Field(min_length=1, description="dense peak per dtype")
+    kernel_launch_overhead_us: Micros = Field(ge=0)
+    power_tdp_w: Watts = Field(gt=0)
+    power_idle_w: Watts = Field(ge=0)
     price_per_hour_usd: float | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
@@ -88,7 +171,9 @@ class DeviceSpec(_Strict):
 class EfficiencySpec(_Strict):
     """Achieved fraction of peak, per operator kind (``default`` for any other kind).
 
-    ``compute`` applies to FLOP/s, ``memory`` to bytes/s. Each value is in (0, 1].
+    ``compute`` applies to FLOP/s, ``memory`` to bytes/s. Each value is in (0, 1]. A kind such
+    as ``attention_prefill`` falls back to ``attention`` (the part before the first ``_``),
+    then to ``default``.
     """
 
     compute: dict[str, float]
@@ -123,8 +208,8 @@ class HostSpec(_Strict):
     """The host side of a node: the device-host link, host memory and storage reads."""
 
     link: LinkSpec
-    memory_gib: float = Field(gt=0)
-    storage_read_gb_per_s: float = Field(gt=0)
+    memory_gib: MemoryGiB = Field(gt=0)
+    storage_read_gb_per_s: Bandwidth = Field(gt=0)
 
 
 class MeasuredInfo(_Strict):
@@ -153,6 +238,22 @@ class Provenance(_Strict):
         return self
 
 
+class MeasuredPeaks(_Strict):
+    """The best the harness achieved on the device, beside the datasheet peaks."""
+
+    tflops: dict[str, TeraFlops] = Field(description="best GEMM throughput per dtype")
+    memory_bandwidth_gb_per_s: Bandwidth = Field(gt=0, description="best streaming bandwidth")
+    kernel_launch_overhead_us: Micros = Field(ge=0, description="fastest operator measured")
+
+
+class TableFiles(_Strict):
+    """Files beside the profile: measured operator and collective tables, raw measurements."""
+
+    operators: str | None = None
+    collectives: str | None = None
+    raw: str | None = None
+
+
 class HardwareProfile(_Strict):
     """A validated hardware profile. Build one with :func:`load_profile`."""
 
@@ -165,9 +266,13 @@ class HardwareProfile(_Strict):
     node: NodeSpec
     network: NetworkSpec
     host: HostSpec
+    measured_peaks: MeasuredPeaks | None = None
+    tables: TableFiles | None = None
 
     _path: Path | None = PrivateAttr(default=None)
     _sha256: str = PrivateAttr(default="")
+    _grids: dict[tuple[str, str, str], GridTable] = PrivateAttr(default_factory=dict)
+    _collectives: dict[tuple[str, str, int], CollectiveTable] = PrivateAttr(default_factory=dict)
 
     @property
     def path(self) -> Path | None:
@@ -176,13 +281,13 @@ class HardwareProfile(_Strict):
 
     @property
     def sha256(self) -> str:
-        """SHA-256 of the profile file's bytes (recorded with every result)."""
+        """SHA-256 of the profile file and its table files (recorded with every result)."""
         return self._sha256
 
     @property
     def calibrated(self) -> bool:
-        """True when the efficiencies come from measurements on the device."""
-        return self.provenance.status != "datasheet"
+        """True when the profile has measured operator tables."""
+        return bool(self._grids)
 
     @property
     def memory_bytes(self) -> float:
@@ -209,15 +314,35 @@ class HardwareProfile(_Strict):
                 f"hardware profile '{self.name}' has no peak for dtype '{dtype}'{did_you_mean(dtype, known, 'it has')}"
             ) from None
 
+    def _efficiency(self, table: dict[str, float], kind: str) -> float:
+        if kind in table:
+            return table[kind]
+        family = kind.split("_", 1)[0]
+        return table.get(family, table["default"])
+
     def compute_efficiency(self, kind: str) -> float:
-        """Achieved fraction of peak FLOP/s for operators of ``kind``."""
-        table = self.efficiency.compute
-        return table.get(kind, table["default"])
+        """Achieved fraction of peak FLOP/s for operators of ``kind`` without a table."""
+        return self._efficiency(self.efficiency.compute, kind)
 
     def memory_efficiency(self, kind: str) -> float:
-        """Achieved fraction of peak memory bandwidth for operators of ``kind``."""
-        table = self.efficiency.memory
-        return table.get(kind, table["default"])
+        """Achieved fraction of peak memory bandwidth for operators of ``kind`` without a table."""
+        return self._efficiency(self.efficiency.memory, kind)
+
+    def table(self, kind: str, dtype: str, variant: str = "") -> GridTable | None:
+        """The measured table of ``(kind, dtype, variant)``, or ``None``."""
+        return self._grids.get((kind, dtype, variant))
+
+    def table_keys(self) -> list[tuple[str, str, str]]:
+        """Every (kind, dtype, variant) with a measured table."""
+        return sorted(self._grids)
+
+    def collective(self, link: str, op: str, devices: int) -> CollectiveTable | None:
+        """The measured curve of a collective or transfer, or ``None``."""
+        return self._collectives.get((link, op, devices))
+
+    def collective_keys(self) -> list[tuple[str, str, int]]:
+        """Every (link, op, devices) with a measured curve."""
+        return sorted(self._collectives)
 
 
 def available_profiles() -> dict[str, Path]:
@@ -228,10 +353,18 @@ def available_profiles() -> dict[str, Path]:
 _CACHE: dict[Path, HardwareProfile] = {}
 
 
+def _sibling(path: Path, name: str, field: str) -> Path:
+    target = (path.parent / name).resolve()
+    if not target.is_file():
+        raise ConfigError(f"{path}: tables.{field}: file '{name}' not found beside the profile ({target})")
+    return target
+
+
 def load_profile(name_or_path: str | Path) -> HardwareProfile:
     """Load and validate a profile by shipped name (``a100-sxm-80gb``) or by file path.
 
-    Raises :class:`ConfigError` naming the file and the field for anything malformed.
+    Reads and validates the table files it names too. Raises :class:`ConfigError` naming the
+    file and the field for anything malformed.
     """
     path = find_file(name_or_path, "hardware_profiles")
     if path is None:
@@ -254,7 +387,25 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
         profile = HardwareProfile.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(validation_message(exc, str(path), HardwareProfile)) from None
+    digest = hashlib.sha256(raw_bytes)
+    files = profile.tables
+    if files is not None:
+        if files.operators:
+            table_path = _sibling(path, files.operators, "operators")
+            profile._grids = load_tables(table_path, f"{path}: tables.operators")
+            digest.update(table_path.read_bytes())
+        if files.collectives:
+            coll_path = _sibling(path, files.collectives, "collectives")
+            profile._collectives = load_collectives(coll_path, f"{path}: tables.collectives")
+            digest.update(coll_path.read_bytes())
+        if files.raw:
+            _sibling(path, files.raw, "raw")
+    if profile.provenance.status != "datasheet" and not profile._grids:
+        raise ConfigError(
+            f"{path}: provenance.status is '{profile.provenance.status}' but the profile"
+            f" has no operator tables (tables.operators)"
+        )
     profile._path = path
-    profile._sha256 = hashlib.sha256(raw_bytes).hexdigest()
+    profile._sha256 = digest.hexdigest()
     _CACHE[path] = profile
     return profile

@@ -64,9 +64,12 @@ class Operator:
     """One kernel of a forward pass on one device.
 
     ``flops`` and ``bytes`` are per instance; ``count`` identical instances run (one per layer,
-    say). ``kind`` selects the efficiency (``gemm``, ``conv``, ``attention``, ``elementwise``,
-    ``norm``, ``embedding``, ``allreduce``); ``shape`` holds the dimensions a measured table is
-    indexed by (``(M, N, K)`` for a GEMM).
+    say). ``kind``, ``shape`` and ``variant`` locate the operator in a profile's measured tables
+    (:data:`simulator.tables.DIMS`: ``gemm`` at ``(M, N, K)``, ``attention_prefill`` at
+    ``(batch x heads, q_len, past_len)`` with variant ``hd128``, memory-bound kinds at
+    ``(bytes,)``, ...); ``kind`` also selects the default efficiency of the roofline when no
+    table applies. ``fallback`` names a second table to try, as ``(kind, shape)`` (a convolution
+    of an unmeasured geometry is looked up as its implicit GEMM).
     """
 
     name: str
@@ -75,6 +78,8 @@ class Operator:
     bytes: float
     count: int = 1
     shape: tuple[int, ...] = ()
+    variant: str = ""
+    fallback: tuple[str, tuple[int, ...]] | None = None
 
 
 def _gemm(name: str, m: int, n: int, k: int, b: int, count: int = 1) -> Operator:
@@ -92,7 +97,8 @@ def _elementwise(
     kind: str = "elementwise",
 ) -> Operator:
     """A memory-bound operator touching ``tensors`` tensors of ``elements`` elements."""
-    return Operator(name, kind, flops_per_element * elements, tensors * elements * b, count, (int(elements),))
+    nbytes = tensors * elements * b
+    return Operator(name, kind, flops_per_element * elements, nbytes, count, (max(1, int(nbytes)),))
 
 
 class Architecture(ABC):
@@ -152,6 +158,16 @@ class ConvLayer:
         """Weights (plus one folded batch-norm bias per output channel)."""
         return self.cout * self.cin * self.k * self.k + self.cout
 
+    @property
+    def variant(self) -> str:
+        """The geometry key of this convolution in a profile's ``conv`` table."""
+        return f"c{self.cin}-o{self.cout}-k{self.k}-s{self.stride}-h{self.h}-w{self.w}"
+
+    def implicit_gemm(self, samples: int) -> tuple[int, int, int]:
+        """``(M, N, K)`` of the convolution as an implicit GEMM over ``samples`` images."""
+        ho, wo = self.out_hw
+        return samples * ho * wo, self.cout, self.cin * self.k * self.k
+
 
 @dataclass
 class CNN(Architecture):
@@ -179,10 +195,11 @@ class CNN(Architecture):
         b = dtype_bytes(dtype)
         ops = []
         for c in self.convs:
-            ho, wo = c.out_hw
-            m, n, k = samples * ho * wo, c.cout, c.cin * c.k * c.k
+            m, n, k = c.implicit_gemm(samples)
             nbytes = (samples * c.h * c.w * c.cin + k * n + m * n) * b
-            ops.append(Operator(c.name, "conv", 2.0 * m * n * k, float(nbytes), 1, (m, n, k)))
+            ops.append(
+                Operator(c.name, "conv", 2.0 * m * n * k, float(nbytes), 1, (samples,), c.variant, ("gemm", (m, n, k)))
+            )
         for i, (h, w, ch) in enumerate(self.residual_adds):
             ops.append(_elementwise(f"add{i}", samples * h * w * ch, b, tensors=3))
         for i, (h, w, ch) in enumerate(self.pools):
@@ -276,11 +293,12 @@ class Encoder(Architecture):
             _gemm("qkv_proj", t, 3 * h // tp, h, b, n_l),
             Operator(
                 "attention",
-                "attention",
+                "attention_encoder",
                 4.0 * samples * seq_len * seq_len * heads * hd,
                 float(4 * t * heads * hd * b),
                 n_l,
-                (samples, seq_len, heads, hd),
+                (samples * heads, seq_len),
+                f"hd{hd}",
             ),
             _gemm("out_proj", t, h, h // tp, b, n_l),
             _elementwise("add_norm", t * h, b, tensors=3, count=2 * n_l, flops_per_element=8, kind="norm"),
@@ -416,24 +434,26 @@ class Decoder(Architecture):
         distinct = e * (1.0 - (1.0 - k / e) ** t)  # expected experts hit by t tokens
         weight_bytes = distinct * 3 * h * f * b
         act_bytes = assignments * (h + 2 * f + f + h) * b
+        hit = max(1, round(distinct))
+        per_expert = max(1, math.ceil(assignments / hit))  # tokens per expert GEMM (uniform routing)
         return [
             _gemm("moe_router", t, e, h, b, n_l),
             Operator(
                 "moe_experts_up_gate",
                 "gemm",
-                2.0 * assignments * 2 * f * h,
-                weight_bytes * 2 / 3 + act_bytes / 2,
-                n_l,
-                (assignments, 2 * f, h),
+                2.0 * assignments * 2 * f * h / hit,
+                (weight_bytes * 2 / 3 + act_bytes / 2) / hit,
+                n_l * hit,
+                (per_expert, 2 * f, h),
             ),
             _elementwise("moe_act", assignments * f, b, tensors=3, count=n_l, flops_per_element=5),
             Operator(
                 "moe_experts_down",
                 "gemm",
-                2.0 * assignments * f * h,
-                weight_bytes / 3 + act_bytes / 2,
-                n_l,
-                (assignments, h, f),
+                2.0 * assignments * f * h / hit,
+                (weight_bytes / 3 + act_bytes / 2) / hit,
+                n_l * hit,
+                (per_expert, h, f),
             ),
         ]
 
@@ -446,7 +466,13 @@ class Decoder(Architecture):
         flops = 4.0 * q_len * mean_keys * q_heads * hd
         nbytes = (2 * q_len * q_heads * hd + 2 * kv_len * kv_heads * hd) * b
         return Operator(
-            "attention_prefill", "attention", flops, float(nbytes), self.layers, (q_len, kv_len, q_heads, hd)
+            "attention_prefill",
+            "attention_prefill",
+            flops,
+            float(nbytes),
+            self.layers,
+            (q_heads, q_len, past),
+            f"hd{hd}",
         )
 
     def decode_attention_terms(self, dtype: str, tp: int = 1) -> tuple[float, float, float, float]:
@@ -578,11 +604,11 @@ class Recommendation(Architecture):
         ops.append(
             Operator(
                 "embedding_bag",
-                "embedding",
+                "embedding_bag",
                 float(gathered),
                 float((gathered + samples * n_t * d) * b),
                 1,
-                (samples, n_t, self.lookups_per_table, d),
+                (int((gathered + samples * n_t * d) * b),),
             )
         )
         n = n_t + 1
@@ -593,7 +619,7 @@ class Recommendation(Architecture):
                 2.0 * samples * n * n * d,
                 float(samples * (n * d + self.interaction_width) * b),
                 1,
-                (samples, n, d),
+                (samples * n, n, d),
             )
         )
         return ops
