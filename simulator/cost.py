@@ -64,7 +64,7 @@ def operator_cost(op: Operator, profile: HardwareProfile, dtype: str, tp: int = 
         table = profile.table(kind, dtype, variant)
         if table is not None and len(shape) == table.ndim:
             work = op.bytes if DIMS[kind][1] == "bytes" else op.flops
-            return op.count * float(table.time_s(np.array([shape], dtype=np.float64), np.array([work]))[0]), True
+            return op.count * table.time_one_s(shape, work), True
     return op.count * roofline_s(op, profile, dtype), False
 
 

@@ -38,8 +38,12 @@ above the largest size time scales with bytes, below the smallest it stays at th
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -94,6 +98,8 @@ class GridTable:
         self.floor_s = floor_s
         # per dimension: can we interpolate (>= 2 points) or is it a constant axis
         self._varying = [len(a) > 1 for a in axes]
+        self._axes_list = [list(map(float, a)) for a in self._log_axes]
+        self._values = log_rate.tolist()  # nested lists: fast scalar indexing
 
     @property
     def ndim(self) -> int:
@@ -133,6 +139,35 @@ class GridTable:
     def time_s(self, coords: np.ndarray, work: np.ndarray) -> np.ndarray:
         """Predicted seconds of operators with ``work`` at ``coords`` (vectorised)."""
         return np.maximum(self.floor_s, np.asarray(work, dtype=np.float64) / self.rate(coords))
+
+    def time_one_s(self, coords: Sequence[float], work: float) -> float:
+        """Predicted seconds of one operator (the same interpolation in plain Python: several
+        times faster than :meth:`time_s` for a single query; agrees with it to rounding)."""
+        lows: list[int] = []
+        fracs: list[float] = []
+        for d, axis in enumerate(self._axes_list):
+            if len(axis) == 1:
+                lows.append(0)
+                fracs.append(0.0)
+                continue
+            x = min(max(math.log2(max(float(coords[d]), 1.0)), axis[0]), axis[-1])
+            lo = min(max(bisect_right(axis, x) - 1, 0), len(axis) - 2)
+            lows.append(lo)
+            fracs.append((x - axis[lo]) / (axis[lo + 1] - axis[lo]))
+        acc = 0.0
+        for corner in range(1 << len(lows)):
+            weight = 1.0
+            node: Any = self._values
+            for d, lo in enumerate(lows):
+                up = (corner >> d) & 1
+                if up and len(self._axes_list[d]) == 1:
+                    weight = 0.0
+                    break
+                weight *= fracs[d] if up else 1.0 - fracs[d]
+                node = node[lo + up]
+            if weight:
+                acc += weight * node
+        return max(self.floor_s, work / 2.0**acc)
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,8 @@ def test_vectorised_queries_are_bit_identical_to_single_ones(tmp_path):
     batch = table.time_s(coords, work)
     singles = [table.time_s(coords[i : i + 1], work[i : i + 1])[0] for i in range(50)]
     assert list(batch) == singles
+    scalar = [table.time_one_s(tuple(coords[i]), float(work[i])) for i in range(50)]
+    assert np.allclose(scalar, batch, rtol=1e-12, atol=0)  # the fast scalar path: same to rounding
 
 
 @pytest.mark.parametrize(
