@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -34,6 +34,7 @@ __all__ = [
     "DeploymentSpec",
     "EngineSpec",
     "ExperimentSpec",
+    "KVCacheSpec",
     "MixEntry",
     "PolicySpec",
     "RunSpec",
@@ -172,6 +173,31 @@ class ClusterSpec(_Spec):
     replicas: int = Field(default=1, gt=0)
 
 
+class KVCacheSpec(_Spec):
+    """A decoder's KV cache: paged blocks (vLLM's ``block_size``, default 16 tokens),
+    preemption by ``recompute`` or ``swap`` (to ``swap_space_gib`` of host memory per device),
+    the ``watermark`` fraction of blocks kept free when admitting, prefix caching over units of
+    ``prefix_block_tokens``, and ``reserve_gib`` of device memory set aside for the runtime
+    (CUDA context, communication buffers) before the cache is sized."""
+
+    block_tokens: int = Field(default=16, gt=0)
+    preemption: Literal["recompute", "swap"] = "recompute"
+    swap_space_gib: float = Field(default=4.0, ge=0)
+    watermark: float = Field(default=0.01, ge=0, lt=1)
+    prefix_caching: bool = False
+    prefix_block_tokens: int = Field(default=512, gt=0)
+    reserve_gib: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> KVCacheSpec:
+        if self.prefix_block_tokens % self.block_tokens:
+            raise ValueError(
+                f"prefix_block_tokens ({self.prefix_block_tokens}) must be a multiple of"
+                f" block_tokens ({self.block_tokens})"
+            )
+        return self
+
+
 class DeploymentSpec(_Spec):
     """One served model: its architecture (default: the deployment's name), replicas, dtype,
     tensor parallelism, batching and scheduling policies, and the fraction of device memory it
@@ -184,6 +210,7 @@ class DeploymentSpec(_Spec):
     batching: PolicySpec = PolicySpec(policy="none")
     scheduling: PolicySpec = PolicySpec(policy="fcfs")
     memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    kv_cache: KVCacheSpec = KVCacheSpec()
 
 
 class EngineSpec(_Spec):

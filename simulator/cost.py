@@ -29,7 +29,10 @@ from simulator.hardware import HardwareProfile, LinkSpec
 from simulator.models import CNN, Architecture, Decoder, Encoder, Operator, Recommendation
 from simulator.tables import DIMS
 
-__all__ = ["Deployment", "ModelCost", "allreduce_s", "operator_cost", "operator_s", "roofline_s"]
+__all__ = ["Cost", "Deployment", "ModelCost", "allreduce_s", "operator_cost", "operator_s", "roofline_s"]
+
+#: Seconds, FLOPs and bytes moved (FLOPs and bytes as exact integers).
+Cost = tuple[float, int, int]
 
 
 def allreduce_s(nbytes: float, devices: int, link: LinkSpec) -> float:
@@ -95,14 +98,15 @@ class ModelCost:
         self.dtype = deployment.dtype
         self.tp = deployment.tp
         profile.peak_flops(self.dtype)  # fail early on a dtype the device lacks
-        self._batch_cache: dict[tuple[int, int], float] = {}
-        self._dense_cache: dict[tuple[int, int], float] = {}
-        self._prefill_cache: dict[tuple[int, int], float] = {}
+        self._batch_cache: dict[tuple[int, int], Cost] = {}
+        self._dense_cache: dict[tuple[int, int], Cost] = {}
+        self._prefill_cache: dict[tuple[int, int], Cost] = {}
         self.uncalibrated_kinds: set[str] = set()
         self.calibrated_kinds: set[str] = set()
         self._decode_table = None
         if isinstance(self.arch, Decoder):
             a, b, c, d = self.arch.decode_attention_terms(self.dtype, self.tp)
+            self._dec_terms = (a, b, c, d)
             self._decode_table = profile.table("attention_decode", self.dtype, f"hd{self.arch.head_dim}")
             self._kv_heads = max(1, self.arch.kv_heads // self.tp)
             self._dec_bytes = (b, d)
@@ -115,18 +119,22 @@ class ModelCost:
                 self._dec = (a / peak, c / peak, b / bw, d / bw)
                 self.uncalibrated_kinds.add("attention_decode")
 
-    def _sum(self, ops: Iterable[Operator]) -> float:
+    def _sum(self, ops: Iterable[Operator]) -> Cost:
         total = 0.0
+        flops = 0
+        nbytes = 0
         for op in ops:
             seconds, measured = operator_cost(op, self.profile, self.dtype, self.tp)
             (self.calibrated_kinds if measured else self.uncalibrated_kinds).add(op.kind)
             total += seconds
-        return total
+            flops += round(op.flops * op.count)
+            nbytes += round(op.bytes * op.count)
+        return total, flops, nbytes
 
     # ---- non-autoregressive models -------------------------------------------------------
 
-    def batch_s(self, samples: int, seq_len: int = 0) -> float:
-        """Seconds for one forward pass over a batch.
+    def batch(self, samples: int, seq_len: int = 0) -> Cost:
+        """Seconds, FLOPs and bytes of one forward pass over a batch.
 
         ``samples`` images (CNN), queries (DLRM) or sequences (encoder, padded to
         ``seq_len`` tokens).
@@ -146,10 +154,14 @@ class ModelCost:
         self._batch_cache[key] = value
         return value
 
+    def batch_s(self, samples: int, seq_len: int = 0) -> float:
+        """Seconds of one forward pass over a batch (see :meth:`batch`)."""
+        return self.batch(samples, seq_len)[0]
+
     # ---- decoders ------------------------------------------------------------------------
 
-    def dense_s(self, n_tokens: int, n_seqs: int) -> float:
-        """Seconds for every non-attention operator of one iteration (see ``Decoder``)."""
+    def dense(self, n_tokens: int, n_seqs: int) -> Cost:
+        """Every non-attention operator of one iteration (see ``Decoder.dense_operators``)."""
         key = (n_tokens, n_seqs)
         cached = self._dense_cache.get(key)
         if cached is None:
@@ -158,8 +170,13 @@ class ModelCost:
             self._dense_cache[key] = cached
         return cached
 
-    def prefill_attention_s(self, q_len: int, kv_len: int) -> float:
-        """Seconds of attention for one request prefilling ``q_len`` tokens over ``kv_len`` keys."""
+    def dense_s(self, n_tokens: int, n_seqs: int) -> float:
+        """Seconds of :meth:`dense`."""
+        return self.dense(n_tokens, n_seqs)[0]
+
+    def prefill_attention(self, q_len: int, kv_len: int) -> Cost:
+        """Attention of one request prefilling ``q_len`` tokens over ``kv_len`` keys (its past
+        plus the new tokens), every layer."""
         key = (q_len, kv_len)
         cached = self._prefill_cache.get(key)
         if cached is None:
@@ -167,6 +184,10 @@ class ModelCost:
             cached = self._sum([self.arch.prefill_attention(q_len, kv_len, self.dtype, self.tp)])
             self._prefill_cache[key] = cached
         return cached
+
+    def prefill_attention_s(self, q_len: int, kv_len: int) -> float:
+        """Seconds of :meth:`prefill_attention`."""
+        return self.prefill_attention(q_len, kv_len)[0]
 
     def decode_attention_s(self, n_seqs: int, kv_tokens: np.ndarray) -> np.ndarray:
         """Seconds of decode attention for ``n_seqs`` sequences holding ``kv_tokens`` keys in
@@ -183,6 +204,15 @@ class ModelCost:
         per_layer = np.maximum(fa * kv_tokens + fc * n_seqs, ba * kv_tokens + bd * n_seqs)
         return self.arch.layers * (self.profile.launch_overhead_s + per_layer)
 
+    def decode_attention_work(self, n_seqs: int, kv_tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """FLOPs and bytes (int64 arrays) of decode attention, elementwise over KV totals."""
+        assert isinstance(self.arch, Decoder)
+        a, b, c, d = self._dec_terms
+        layers = self.arch.layers
+        flops = np.rint(layers * (a * kv_tokens + c * n_seqs)).astype(np.int64)
+        nbytes = np.rint(layers * (b * kv_tokens + d * n_seqs)).astype(np.int64)
+        return flops, nbytes
+
     def decode_steps_s(self, n_seqs: int, kv_tokens: np.ndarray) -> np.ndarray:
         """Seconds of each of a run of pure-decode iterations of ``n_seqs`` sequences.
 
@@ -192,18 +222,38 @@ class ModelCost:
         """
         return self.dense_s(n_seqs, n_seqs) + self.decode_attention_s(n_seqs, kv_tokens)
 
-    def iteration_s(self, prefills: Sequence[tuple[int, int]], n_decode: int, decode_kv_tokens: int) -> float:
-        """Seconds of one mixed iteration.
+    def decode_steps_work(self, n_seqs: int, kv_tokens: np.ndarray) -> tuple[int, int]:
+        """Total FLOPs and bytes (exact integers) of a run of pure-decode iterations."""
+        _, dense_flops, dense_bytes = self.dense(n_seqs, n_seqs)
+        flops, nbytes = self.decode_attention_work(n_seqs, kv_tokens)
+        k = len(kv_tokens)
+        return k * dense_flops + int(flops.sum()), k * dense_bytes + int(nbytes.sum())
 
-        ``prefills``: ``(q_len, kv_len)`` of each request prefilling in it; ``n_decode``
-        requests decode one token each, attending ``decode_kv_tokens`` keys in total.
+    def iteration(self, prefills: Sequence[tuple[int, int]], n_decode: int, decode_kv_tokens: int) -> Cost:
+        """Seconds, FLOPs and bytes of one mixed iteration.
+
+        ``prefills``: ``(q_len, kv_len)`` of each request prefilling in it (``kv_len`` = its
+        past plus ``q_len``); ``n_decode`` requests decode one token each, attending
+        ``decode_kv_tokens`` keys in total.
         """
+        kv = np.array([float(decode_kv_tokens)])
         if not prefills:
-            return float(self.decode_steps_s(n_decode, np.array([float(decode_kv_tokens)]))[0])
+            flops, nbytes = self.decode_steps_work(n_decode, kv)
+            return float(self.decode_steps_s(n_decode, kv)[0]), flops, nbytes
         n_tokens = n_decode + sum(q for q, _ in prefills)
-        total = self.dense_s(n_tokens, n_decode + len(prefills))
+        total, flops, nbytes = self.dense(n_tokens, n_decode + len(prefills))
         for q_len, kv_len in prefills:
-            total += self.prefill_attention_s(q_len, kv_len)
+            seconds, f, b = self.prefill_attention(q_len, kv_len)
+            total += seconds
+            flops += f
+            nbytes += b
         if n_decode:
-            total += float(self.decode_attention_s(n_decode, np.array([float(decode_kv_tokens)]))[0])
-        return total
+            total += float(self.decode_attention_s(n_decode, kv)[0])
+            f_arr, b_arr = self.decode_attention_work(n_decode, kv)
+            flops += int(f_arr[0])
+            nbytes += int(b_arr[0])
+        return total, flops, nbytes
+
+    def iteration_s(self, prefills: Sequence[tuple[int, int]], n_decode: int, decode_kv_tokens: int) -> float:
+        """Seconds of :meth:`iteration`."""
+        return self.iteration(prefills, n_decode, decode_kv_tokens)[0]

@@ -23,7 +23,8 @@ from simulator.cluster import Cluster, MemoryPlan, check_fits
 from simulator.config import MixEntry, RunSpec, SizeSpec
 from simulator.cost import Deployment, ModelCost
 from simulator.errors import ConfigError, LdsimError, did_you_mean
-from simulator.hardware import HardwareProfile, load_profile
+from simulator.hardware import GIB, HardwareProfile, load_profile
+from simulator.kvcache import KVConfig
 from simulator.models import CNN, DTYPE_BYTES, Architecture, Decoder, Encoder, Recommendation
 from simulator.policy import PolicyParams, decision_method, validate_params
 from simulator.registry import ARRIVALS, BATCHING, MODELS, ROUTING, SCHEDULING, SIZES
@@ -60,8 +61,14 @@ class ModelPlan:
     scheduling: PolicyPlan
     memory: MemoryPlan
     memory_utilization: float
-    kv_capacity_tokens: int
     max_batch_size: int | None
+    kv: KVConfig | None = None
+    preemption: str = "recompute"
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        """Tokens the KV cache of one replica holds (0 for models without one)."""
+        return self.kv.capacity_tokens if self.kv is not None else 0
 
 
 @dataclass
@@ -195,18 +202,49 @@ def _size(spec: SizeSpec | None, source: str, prefix: tuple[Any, ...], base_dir:
         raise ConfigError(f"{source}: {'.'.join(map(str, prefix))}: {exc}") from None
 
 
+#: Parameter names under which batching policies state their limits.
+_BATCH_LIMITS = ("max_batch_size", "max_num_seqs")
+_TOKEN_LIMITS = ("max_num_batched_tokens", "max_batch_tokens", "chunk_tokens")
+
+
+def _limit(params: Any, names: tuple[str, ...]) -> int | None:
+    return next((int(getattr(params, n)) for n in names if getattr(params, n, None) is not None), None)
+
+
 def _activation_bytes(arch: Architecture, dtype: str, tp: int, batching: PolicyPlan) -> tuple[float, int | None]:
+    """Peak activation memory of one forward pass at the policy's limits, and the batch-size
+    limit. A decoder reserves a pass of its token budget (as vLLM profiles one of
+    ``max_num_batched_tokens``); without one, of ``max(context, 2048)`` tokens, vLLM's default
+    budget without chunked prefill."""
     params = batching.params
-    max_batch = getattr(params, "max_batch_size", None)
+    max_batch = _limit(params, _BATCH_LIMITS)
     batch = max_batch or 1
     if isinstance(arch, Decoder):
-        tokens = getattr(params, "max_batch_tokens", None) or batch * arch.max_context_tokens
+        tokens = _limit(params, _TOKEN_LIMITS) or max(arch.max_context_tokens, 2048)
         return arch.activation_bytes(min(tokens, batch * arch.max_context_tokens), dtype, tp), max_batch
     if isinstance(arch, Encoder):
         return arch.activation_bytes(batch, arch.max_positions, dtype) / tp, max_batch
     if isinstance(arch, CNN | Recommendation):
         return arch.activation_bytes(batch, dtype), max_batch
     return 0.0, max_batch
+
+
+def _kv_config(
+    arch: Decoder, dtype: str, tp: int, profile: HardwareProfile, dep: Any, weights: float, activations: float
+) -> KVConfig:
+    """Size a decoder replica's paged KV cache as vLLM does (see :mod:`simulator.kvcache`)."""
+    spec = dep.kv_cache
+    block_bytes = spec.block_tokens * arch.kv_bytes_per_token(dtype, tp)
+    free = profile.memory_bytes * dep.memory_utilization - weights - activations - spec.reserve_gib * GIB
+    blocks = max(0, int(free // block_bytes))
+    return KVConfig(
+        total_blocks=blocks,
+        block_tokens=spec.block_tokens,
+        block_bytes=block_bytes,
+        watermark_blocks=int(spec.watermark * blocks),
+        cpu_blocks=int(spec.swap_space_gib * GIB // block_bytes),
+        prefix_block_tokens=spec.prefix_block_tokens if spec.prefix_caching else 0,
+    )
 
 
 def _check_tp(arch: Architecture, tp: int, where: str) -> None:
@@ -270,13 +308,12 @@ def resolve(run: RunSpec) -> ResolvedRun:
         tp = dep.tensor_parallel
         weights = arch.weight_bytes(dtype, tp)
         activations, max_batch = _activation_bytes(arch, dtype, tp, batching)
-        budget = profile.memory_bytes * dep.memory_utilization
-        kv_bytes, kv_tokens = 0.0, 0
+        kv_config = None
+        kv_bytes = 0.0
         if isinstance(arch, Decoder):
-            per_token = arch.kv_bytes_per_token(dtype, tp)
-            kv_tokens = max(0, int((budget - weights - activations) // per_token))
-            kv_bytes = kv_tokens * per_token
-        memory = MemoryPlan(weights, activations, kv_bytes)
+            kv_config = _kv_config(arch, dtype, tp, profile, dep, weights, activations)
+            kv_bytes = kv_config.total_blocks * kv_config.block_bytes
+        memory = MemoryPlan(weights, activations + dep.kv_cache.reserve_gib * GIB, kv_bytes)
         check_fits(memory, profile, dep.memory_utilization, where, needs_kv=isinstance(arch, Decoder))
         models[name] = ModelPlan(
             name=name,
@@ -289,8 +326,9 @@ def resolve(run: RunSpec) -> ResolvedRun:
             scheduling=scheduling,
             memory=memory,
             memory_utilization=dep.memory_utilization,
-            kv_capacity_tokens=kv_tokens,
             max_batch_size=max_batch,
+            kv=kv_config,
+            preemption=dep.kv_cache.preemption,
         )
 
     cluster = Cluster.build(

@@ -20,6 +20,15 @@ A policy is a class built as ``Cls(params, rng)``, where ``params`` is an instan
 class's ``Params`` (a frozen pydantic model; the YAML ``params`` are validated against it) and
 ``rng`` is the policy's own :class:`numpy.random.Generator`. A stateless policy without
 parameters may be a plain function with the signature of the decision method.
+
+A batching policy for decoders may also declare, as class attributes, how the engine holds
+its requests' KV cache and batches: ``kv_reservation`` -- ``"paged"`` (default: blocks are
+allocated as a request's context grows, and the newest request is preempted when they run
+out, as vLLM), ``"oracle"`` (reserve ``input_tokens + output_tokens`` at admission) or
+``"max"`` (reserve the model's whole context at admission, as Orca and FasterTransformer);
+``request_level = True`` -- a batch keeps every request until its longest has finished (finished
+ones are padding and complete with the batch), and prompts are padded to the batch's longest
+(FasterTransformer); ``decides_every_iteration = True`` -- see :class:`BatchDecision`.
 """
 
 from __future__ import annotations
@@ -53,8 +62,10 @@ class RequestView(Protocol):
     """What a policy may read of one request. Times in seconds, sizes in tokens or samples.
 
     ``deadline_s`` is ``arrival_s + e2e_slo_s`` (``inf`` without an end-to-end SLO).
-    ``prefilled_tokens`` and ``generated_tokens`` are the engine's progress on a running
-    request (both 0 while it waits).
+    ``prefilled_tokens`` and ``generated_tokens`` are the engine's progress on a request;
+    ``prefill_target`` is how many tokens its current prefill must reach (``input_tokens``, or,
+    after a preemption by recompute, its prompt plus the tokens generated so far);
+    ``preemptions`` counts how often it was preempted.
     """
 
     @property
@@ -85,6 +96,10 @@ class RequestView(Protocol):
     def prefilled_tokens(self) -> int: ...
     @property
     def generated_tokens(self) -> int: ...
+    @property
+    def prefill_target(self) -> int: ...
+    @property
+    def preemptions(self) -> int: ...
 
 
 class ReplicaView(Protocol):
@@ -92,9 +107,15 @@ class ReplicaView(Protocol):
 
     ``queue`` holds the waiting requests in the scheduling policy's order; ``running`` the
     requests admitted to the batch and not yet finished (always empty between batches of a
-    non-autoregressive model). ``kv_capacity_tokens``/``kv_used_tokens`` describe the KV cache
-    of a decoder replica (0 for other models). ``arrivals_done`` turns true once no request
-    will ever arrive again, so a policy that waits for a full batch can flush a partial one.
+    non-autoregressive model). ``arrivals_done`` turns true once no request will ever arrive
+    again, so a policy that waits for a full batch can flush a partial one.
+
+    A decoder replica's KV cache (all 0 for other models): ``kv_capacity_tokens`` and
+    ``kv_used_tokens`` (blocks held x block size), ``kv_block_tokens``, ``kv_free_blocks``
+    (free plus evictable cached blocks), ``kv_watermark_blocks`` (kept free when admitting new
+    requests). ``kv_blocks_to_admit(r)`` is how many blocks admitting the waiting request ``r``
+    allocates now (its prompt, or its reservation, minus prefix-cache hits);
+    ``prompt_tokens_to_compute(r)`` how many prompt tokens its prefill will compute.
     """
 
     @property
@@ -116,7 +137,15 @@ class ReplicaView(Protocol):
     @property
     def kv_used_tokens(self) -> int: ...
     @property
+    def kv_block_tokens(self) -> int: ...
+    @property
+    def kv_free_blocks(self) -> int: ...
+    @property
+    def kv_watermark_blocks(self) -> int: ...
+    @property
     def arrivals_done(self) -> bool: ...
+    def kv_blocks_to_admit(self, request: RequestView) -> int: ...
+    def prompt_tokens_to_compute(self, request: RequestView) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,19 +155,28 @@ class BatchDecision:
     ``admit``: waiting requests that join the running batch now (a subset of
     ``replica.queue``; for a non-autoregressive model, the batch that runs next).
     ``drop``: waiting requests removed with status ``dropped`` (e.g. SLO already missed).
+    ``preempt``: running requests sent back to the queue (by recompute or swap, as the
+    deployment's KV cache is configured).
+    ``prefill_tokens``: for a decoder, how many prompt tokens each prefilling request (by
+    ``request_id``) processes in the next iteration (chunked prefill); a prefilling request
+    absent from it processes none. ``None``: every prefilling request processes all of its
+    remaining prompt (whole-prompt prefill, as Orca and vLLM).
     ``wake_at_s``: decide again at this time at the latest (``None``: at the next arrival or
     completion). While a decoder's batch runs, the decision comes at the first iteration
     boundary at or after it; while a non-autoregressive batch runs, at its end.
 
     Contract (what lets the engine skip consulting the policy): without ``wake_at_s``, a
-    policy's decision may change only when a request arrives, finishes, or is admitted or
-    dropped. A policy that needs to decide at every decoder iteration regardless (e.g.
-    preemption on generated length) sets the class attribute ``decides_every_iteration = True``.
+    policy's decision may change only when a request arrives, finishes, or is admitted,
+    dropped or preempted. A policy that needs to decide at every decoder iteration regardless
+    (e.g. preemption on generated length) sets the class attribute
+    ``decides_every_iteration = True``.
     """
 
     admit: tuple[Any, ...] = ()
     drop: tuple[Any, ...] = ()
     wake_at_s: float | None = None
+    preempt: tuple[Any, ...] = ()
+    prefill_tokens: Mapping[int, int] | None = None
 
 
 #: The decision "run nothing new; decide again at the next arrival or completion".

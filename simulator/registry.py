@@ -162,6 +162,10 @@ BATCHING = Registry(
         "static": "policies.batching:StaticBatching",
         "dynamic": "policies.batching:DynamicBatching",
         "continuous": "policies.batching:ContinuousBatching",
+        "orca": "policies.batching:OrcaBatching",
+        "vllm": "policies.batching:VllmBatching",
+        "sarathi": "policies.batching:SarathiBatching",
+        "request_level": "policies.batching:RequestLevelBatching",
     },
 )
 SCHEDULING = Registry(

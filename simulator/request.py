@@ -10,11 +10,14 @@ request of the run.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 __all__ = ["STATUSES", "Request", "RequestTable"]
+
+_EMPTY = np.zeros(0, dtype=np.int64)
 
 #: Final statuses, in the order of their integer codes in :attr:`RequestTable.status`.
 STATUSES = ("pending", "completed", "rejected", "dropped", "failed")
@@ -27,9 +30,13 @@ class RequestTable:
 
     Input columns: ``arrival_s``, ``model`` and ``tenant`` (integer codes into
     ``model_names``/``tenant_names``), ``input_tokens``, ``input_samples``, ``output_tokens``,
-    ``priority``, and the SLOs ``ttft_slo_s``, ``tpot_slo_s``, ``e2e_slo_s`` (``nan`` = none).
+    ``priority``, and the SLOs ``ttft_slo_s``, ``tpot_slo_s``, ``e2e_slo_s`` (``nan`` = none);
+    optionally each request's prefix-unit ids for prefix caching, as one flat array
+    ``prefix_ids`` sliced by ``prefix_offsets`` (``n + 1`` offsets; no object per request).
     Result columns (filled by the engine): ``replica``, ``status``, ``start_s``,
-    ``first_token_s``, ``completion_s``, ``final_s``.
+    ``first_token_s``, ``completion_s``, ``final_s``, ``preemptions``, ``cached_tokens``
+    (prompt tokens served from the prefix cache) and ``max_itl_s`` (longest gap between two
+    consecutive output tokens).
     """
 
     arrival_s: np.ndarray
@@ -44,12 +51,17 @@ class RequestTable:
     e2e_slo_s: np.ndarray
     model_names: list[str]
     tenant_names: list[str]
+    prefix_ids: np.ndarray | None = None
+    prefix_offsets: np.ndarray | None = None
     replica: np.ndarray = field(init=False)
     status: np.ndarray = field(init=False)
     start_s: np.ndarray = field(init=False)
     first_token_s: np.ndarray = field(init=False)
     completion_s: np.ndarray = field(init=False)
     final_s: np.ndarray = field(init=False)
+    preemptions: np.ndarray = field(init=False)
+    cached_tokens: np.ndarray = field(init=False)
+    max_itl_s: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         n = len(self.arrival_s)
@@ -74,6 +86,19 @@ class RequestTable:
         self.first_token_s = np.full(n, np.nan)
         self.completion_s = np.full(n, np.nan)
         self.final_s = np.full(n, np.nan)
+        self.preemptions = np.zeros(n, dtype=np.int32)
+        self.cached_tokens = np.zeros(n, dtype=np.int64)
+        self.max_itl_s = np.full(n, np.nan)
+        if (self.prefix_ids is None) != (self.prefix_offsets is None):
+            raise ValueError("prefix_ids and prefix_offsets come together")
+        if self.prefix_offsets is not None and len(self.prefix_offsets) != n + 1:
+            raise ValueError(f"prefix_offsets has {len(self.prefix_offsets)} entries, expected {n + 1}")
+
+    def prefix_of(self, i: int) -> np.ndarray:
+        """The prefix-unit ids of request ``i`` (empty when the workload has none)."""
+        if self.prefix_ids is None or self.prefix_offsets is None:
+            return _EMPTY
+        return self.prefix_ids[self.prefix_offsets[i] : self.prefix_offsets[i + 1]]
 
     def __len__(self) -> int:
         return len(self.arrival_s)
@@ -89,20 +114,31 @@ class Request:
 
     __slots__ = (
         "arrival_s",
+        "cached_tokens",
         "deadline_s",
         "e2e_slo_s",
         "first_token_s",
         "generated_tokens",
         "input_samples",
         "input_tokens",
+        "kv_blocks",
+        "kv_tokens",
+        "last_token_s",
+        "max_itl_s",
         "model",
         "output_tokens",
+        "preemptions",
+        "prefill_target",
         "prefilled_tokens",
+        "prefix_ids",
+        "prefix_units",
         "priority",
         "queue_key",
         "replica",
         "request_id",
         "start_s",
+        "stop_tokens",
+        "swapped_blocks",
         "tenant",
         "tpot_slo_s",
         "ttft_slo_s",
@@ -121,6 +157,7 @@ class Request:
         ttft_slo_s: float,
         tpot_slo_s: float,
         e2e_slo_s: float,
+        prefix_ids: Sequence[int] = (),
     ) -> None:
         self.request_id = request_id
         self.model = model
@@ -134,8 +171,19 @@ class Request:
         self.tpot_slo_s = tpot_slo_s
         self.e2e_slo_s = e2e_slo_s
         self.deadline_s = arrival_s + e2e_slo_s if not math.isnan(e2e_slo_s) else math.inf
+        self.prefix_ids = prefix_ids
         self.prefilled_tokens = 0
         self.generated_tokens = 0
+        self.prefill_target = input_tokens
+        self.stop_tokens = output_tokens  # tokens after which it leaves the batch
+        self.kv_tokens = 0  # tokens whose K/V are stored
+        self.kv_blocks = 0  # private KV blocks held (prefix units pinned are extra)
+        self.prefix_units = 0  # prefix-cache units it pins
+        self.swapped_blocks = 0  # blocks in host memory while swapped out
+        self.preemptions = 0
+        self.cached_tokens = 0
+        self.max_itl_s = math.nan
+        self.last_token_s = math.nan
         self.queue_key = 0.0
         self.replica = -1
         self.start_s = math.nan

@@ -113,9 +113,12 @@ def make_request(
 class StubReplica:
     """A hand-built :class:`~simulator.policy.ReplicaView`: plain, mutable fields.
 
-    ``kv_used_tokens`` defaults to what the running requests reserve on a decoder (each its
-    ``input_tokens + output_tokens``, as the engine reserves them) and ``busy`` to whether
-    anything runs. ``outstanding`` is always ``len(queue) + len(running)``.
+    A decoder view has a KV cache of ``kv_capacity_tokens`` in blocks of ``kv_block_tokens``
+    (default 1 token, so that hand-made cases can count in tokens). ``kv_used_blocks`` defaults
+    to what the running requests hold under ``kv_reservation`` (the policy's, as the engine
+    would allocate it: ``paged`` their stored tokens, ``oracle`` input + output, ``max`` the
+    context, ``pow2``); ``busy`` to whether anything runs. ``outstanding`` is always
+    ``len(queue) + len(running)``.
     """
 
     queue: list[Any] = field(default_factory=list)
@@ -124,22 +127,69 @@ class StubReplica:
     model: str = "m"
     autoregressive: bool = False
     kv_capacity_tokens: int = 0
-    kv_used_tokens: int = -1
+    kv_block_tokens: int = 1
+    kv_used_blocks: int = -1
+    kv_watermark_blocks: int = 0
+    kv_reservation: str = "oracle"
+    context_tokens: int = 4096
     arrivals_done: bool = False
     busy: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.kv_used_tokens < 0:
-            self.kv_used_tokens = (
-                sum(r.input_tokens + r.output_tokens for r in self.running) if self.autoregressive else 0
+        if not self.autoregressive:
+            self.kv_block_tokens = self.kv_block_tokens or 1
+        if self.kv_used_blocks < 0:
+            self.kv_used_blocks = (
+                sum(self._blocks(self._held_tokens(r)) for r in self.running) if self.autoregressive else 0
             )
         if self.busy is None:
             self.busy = bool(self.running)
+
+    def _blocks(self, tokens: int) -> int:
+        return -(-tokens // self.kv_block_tokens)
+
+    def _reserve(self, req: Any) -> int:
+        final = req.input_tokens + req.output_tokens
+        if self.kv_reservation == "max":
+            return max(self.context_tokens, final)
+        if self.kv_reservation == "pow2":
+            return min(max(self.context_tokens, final), 1 << (final - 1).bit_length())
+        if self.kv_reservation == "oracle":
+            return final
+        return int(req.prefill_target)
+
+    def _held_tokens(self, req: Any) -> int:
+        if self.kv_reservation == "paged":
+            return int(req.prefilled_tokens + max(0, req.generated_tokens - 1))
+        return self._reserve(req)
 
     @property
     def outstanding(self) -> int:
         """Requests waiting or running on this replica."""
         return len(self.queue) + len(self.running)
+
+    @property
+    def kv_total_blocks(self) -> int:
+        """Blocks of the whole cache."""
+        return self.kv_capacity_tokens // self.kv_block_tokens if self.autoregressive else 0
+
+    @property
+    def kv_used_tokens(self) -> int:
+        """Tokens' worth of blocks held."""
+        return self.kv_used_blocks * self.kv_block_tokens
+
+    @property
+    def kv_free_blocks(self) -> int:
+        """Blocks free."""
+        return self.kv_total_blocks - self.kv_used_blocks
+
+    def kv_blocks_to_admit(self, request: Any) -> int:
+        """Blocks admitting ``request`` would allocate (its prompt, or its reservation)."""
+        return self._blocks(self._reserve(request)) if self.autoregressive else 0
+
+    def prompt_tokens_to_compute(self, request: Any) -> int:
+        """Prompt tokens the request's prefill still has to compute."""
+        return int(request.prefill_target - request.prefilled_tokens)
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,10 +339,13 @@ class _Checker:
     def __init__(self, family: str, label: str, params: PolicyParams | None) -> None:
         self.family = family
         self.label = label
-        mbs = getattr(params, "max_batch_size", None)
-        mbt = getattr(params, "max_batch_tokens", None)
-        self.max_batch_size = mbs if isinstance(mbs, int) else None
-        self.max_batch_tokens = mbt if isinstance(mbt, int) else None
+
+        def first(names: tuple[str, ...]) -> int | None:
+            values = [getattr(params, n, None) for n in names]
+            return next((v for v in values if isinstance(v, int) and not isinstance(v, bool)), None)
+
+        self.max_batch_size = first(("max_batch_size", "max_num_seqs"))
+        self.max_batch_tokens = first(("max_batch_tokens", "max_num_batched_tokens", "chunk_tokens"))
 
     def fail(self, message: str) -> PolicyCheckError:
         return PolicyCheckError(f"{self.family} policy {self.label}: {message}")
@@ -361,24 +414,30 @@ class _Checker:
                 f" max_batch_size ({self.max_batch_size}) ({context})"
             )
         if view.autoregressive:
-            need = sum(r.input_tokens + r.output_tokens for r in admit)
-            if view.kv_used_tokens + need > view.kv_capacity_tokens:
+            need = sum(view.kv_blocks_to_admit(r) for r in admit)
+            if need > view.kv_free_blocks:
                 raise self.fail(
-                    f"admitted {len(admit)} requests needing {need} KV tokens (input_tokens + output_tokens)"
-                    f" with {view.kv_used_tokens} of {view.kv_capacity_tokens} already in use: beyond"
-                    f" the KV cache ({context})"
+                    f"admitted {len(admit)} requests needing {need} KV blocks with {view.kv_free_blocks}"
+                    f" free: beyond the KV cache ({context})"
                 )
-            tokens = running + sum(r.input_tokens for r in admit)
-            alone = len(admit) == 1 and not running  # one prompt over the budget may run alone
+            decoding = sum(1 for r in view.running if r.prefilled_tokens >= r.prefill_target)
+            chunks = decision.prefill_tokens
+            if chunks is None:
+                prefills = [view.prompt_tokens_to_compute(r) for r in (*view.running, *admit)]
+            else:
+                prefills = [int(v) for v in chunks.values()]
+            tokens = decoding + sum(prefills)
+            alone = len([p for p in prefills if p]) == 1 and not decoding  # one prompt may run alone
             if self.max_batch_tokens is not None and tokens > self.max_batch_tokens and not alone:
                 raise self.fail(
-                    f"the iteration's new tokens ({running} decoding + prompts of {len(admit)} admitted"
-                    f" = {tokens}) exceed its max_batch_tokens ({self.max_batch_tokens}) ({context})"
+                    f"the iteration's new tokens ({decoding} decoding + {sum(prefills)} prompt tokens"
+                    f" = {tokens}) exceed its token budget ({self.max_batch_tokens}) ({context})"
                 )
         return (
             tuple(r.request_id for r in admit),
             tuple(r.request_id for r in drop),
             wake,
+            tuple(sorted((decision.prefill_tokens or {}).items())),
         )
 
     # ---- scheduling ------------------------------------------------------------------
@@ -468,7 +527,8 @@ def _batching_episode(
     order = _order_key(str(rng.choice(["arrival", "arrival", "priority", "shortest"])))
     queue: list[Request] = []
     running: list[Request] = []
-    kv_used = 0
+    reservation = str(getattr(first, "kv_reservation", "paged"))
+    context_tokens = max(2, min(sizes.kv_capacity_tokens, 2048))
     next_id = first_id
     now = 0.0 if rng.random() < 0.5 else float(rng.uniform(0.0, 100.0))
     last = now
@@ -487,7 +547,8 @@ def _batching_episode(
             replica_id=3,
             autoregressive=ar,
             kv_capacity_tokens=sizes.kv_capacity_tokens,
-            kv_used_tokens=kv_used,
+            kv_reservation=reservation,
+            context_tokens=context_tokens,
             arrivals_done=done,
             busy=False,
         )
@@ -502,16 +563,39 @@ def _batching_episode(
         queue[:] = [r for r in queue if id(r) not in gone]
         last = now
         if ar:
-            for req in running:
-                req.generated_tokens = min(req.output_tokens, req.generated_tokens + int(rng.integers(1, 4)))
+            chunks = decision.prefill_tokens
             for req in decision.admit:
-                req.prefilled_tokens = req.input_tokens
-                req.generated_tokens = 1
                 running.append(req)
-                kv_used += req.input_tokens + req.output_tokens
+            for req in running:
+                left = req.prefill_target - req.prefilled_tokens
+                if left > 0:  # prefilling: a chunk (or the whole prompt) this iteration
+                    req.prefilled_tokens += left if chunks is None else min(left, int(chunks.get(req.request_id, 0)))
+                    if req.prefilled_tokens >= req.prefill_target:
+                        req.generated_tokens += 1
+                else:
+                    req.generated_tokens = min(req.output_tokens, req.generated_tokens + int(rng.integers(1, 4)))
             for req in [r for r in running if r.generated_tokens >= r.output_tokens]:
                 running.remove(req)
-                kv_used -= req.input_tokens + req.output_tokens
+            probe = StubReplica(
+                running=running,
+                autoregressive=True,
+                kv_capacity_tokens=sizes.kv_capacity_tokens,
+                kv_reservation=reservation,
+                context_tokens=context_tokens,
+            )
+            while running and probe.kv_free_blocks < 0:  # out of blocks: preempt the newest by recompute
+                victim = running.pop()
+                victim.prefill_target = victim.input_tokens + victim.generated_tokens
+                victim.prefilled_tokens = 0
+                victim.preemptions += 1
+                queue.insert(0, victim)
+                probe = StubReplica(
+                    running=running,
+                    autoregressive=True,
+                    kv_capacity_tokens=sizes.kv_capacity_tokens,
+                    kv_reservation=reservation,
+                    context_tokens=context_tokens,
+                )
         busy = bool(decision.admit) or bool(running)
         wake = decision.wake_at_s
         if busy:
@@ -579,7 +663,7 @@ def _routing_episode(
             if rep.queue and rng.random() < 0.4:
                 rep.running.append(rep.queue.pop(0))
             rep.busy = bool(rep.running)
-            rep.kv_used_tokens = sum(r.input_tokens + r.output_tokens for r in rep.running) if ar else 0
+            rep.kv_used_blocks = sum(r.input_tokens + r.output_tokens for r in rep.running) if ar else 0
         now += float(rng.exponential(1e-2)) if rng.random() < 0.9 else 0.0
         req = _new_request(rng, first_id + step, now, sizes)
         loads = [r.outstanding for r in replicas]

@@ -265,7 +265,7 @@ class Crashes(Policy):
         ("batching", AdmitsTwice, {}, "twice"),
         ("batching", AdmitsAndDrops, {}, "both admitted and dropped"),
         ("batching", OverBatches, {"max_batch_size": 2}, r"exceed its max_batch_size \(2\)"),
-        ("batching", OverTokens, {"max_batch_tokens": 4}, r"exceed its max_batch_tokens \(4\)"),
+        ("batching", OverTokens, {"max_batch_tokens": 4}, r"exceed its token budget \(4\)"),
         ("batching", KvBlind, {"max_batch_size": 8}, "beyond the KV cache"),
         ("batching", MutatesQueue, {}, "mutated the read-only view: replicas.0..queue"),
         ("batching", WakesNow, {}, r"asked to wake at .* <= now_s"),

@@ -65,8 +65,8 @@ def test_batch_cost_grows_sublinearly_and_is_cached(a100):
     cost = ModelCost(Deployment(resnet50(), "fp16"), a100)
     b1, b32 = cost.batch_s(1), cost.batch_s(32)
     assert b1 < b32 < 32 * b1
-    assert cost._batch_cache[(32, 0)] == b32  # priced once, then served from the cache
-    cost._batch_cache[(32, 0)] = -1.0
+    assert cost._batch_cache[(32, 0)][0] == b32  # priced once, then served from the cache
+    cost._batch_cache[(32, 0)] = (-1.0, 0, 0)
     assert cost.batch_s(32) == -1.0
     assert cost.uncalibrated_kinds >= {"conv", "gemm"}
 
