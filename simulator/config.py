@@ -23,7 +23,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from simulator.errors import ConfigError, validation_message
 from simulator.resources import find_file
@@ -35,12 +45,15 @@ __all__ = [
     "EngineSpec",
     "ExperimentSpec",
     "KVCacheSpec",
+    "JointLengths",
     "MixEntry",
     "PolicySpec",
+    "Popularity",
     "RunSpec",
     "SizeSpec",
     "SloSpec",
     "SweepSpec",
+    "TraceSpec",
     "WorkloadSpec",
     "apply_overrides",
     "expand",
@@ -82,17 +95,46 @@ class PolicySpec(_Open):
     policy: str
 
 
+class _OmitNone(BaseModel):
+    """Leaves keys added after a model's first release out of its dump while they are ``None``,
+    so the resolved configuration and ``spec_hash`` of an older experiment do not change."""
+
+    _omit_none: tuple[str, ...] = ()
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            for key in self._omit_none:
+                if data.get(key, 0) is None:
+                    del data[key]
+        return data
+
+
 class SizeSpec(_Open):
     """``{dist: NAME, **params}``: a size distribution (``fixed``, ``uniform``, ``lognormal``,
-    ``empirical``) or a plug-in ``module:Class``."""
+    ``gamma``, ``empirical``) or a plug-in ``module:Class``."""
 
     dist: str
 
 
 class ArrivalSpec(_Open):
-    """``{process: NAME, **params}``: an arrival process (``poisson``, ``gamma``)."""
+    """``{process: NAME, **params}``: an arrival process (``poisson``, ``gamma``, ``weibull``,
+    ``mmpp``, ``diurnal``, ``piecewise``, ``rate_curve``, ``replay``, ``closed_loop``; see
+    :mod:`workloads.arrivals`) or a plug-in ``module:Class``."""
 
     process: str = "poisson"
+
+
+class TraceSpec(_Open):
+    """``{format: NAME, file: PATH, **options}``: a trace read by a registered reader
+    (``azure_llm_2023``, ``azure_llm_2024``, ``mooncake``, ``burstgpt``,
+    ``azure_functions_2019``, ``azure_functions_2021``, ``table``; see
+    :mod:`workloads.readers`) or a plug-in ``module:Class``. Options every reader takes:
+    ``window_s``, ``max_requests``, ``rate_scale``, ``on_error``, ``failed``
+    (:class:`workloads.traces.TraceParams`)."""
+
+    format: str
 
 
 class SloSpec(_Spec):
@@ -113,25 +155,78 @@ def _fixed_size(value: Any) -> Any:
 Size = Annotated[SizeSpec, BeforeValidator(_fixed_size)]
 
 
-class JointLengths(_Spec):
-    """Joint (input, output) token pairs sampled from rows of a CSV or parquet file."""
+class JointLengths(_OmitNone, _Spec):
+    """Joint (input, output) token pairs sampled from rows of a file: the columns
+    ``input_column`` and ``output_column`` of a CSV or parquet file, or, with ``format``, the
+    input and output tokens of a trace read by that reader (``format: mooncake``)."""
+
+    _omit_none = ("input_column", "output_column", "format")
 
     file: str
-    input_column: str
-    output_column: str
+    input_column: str | None = None
+    output_column: str | None = None
+    format: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> JointLengths:
+        columns = (self.input_column, self.output_column)
+        if self.format is None and None in columns:
+            raise ValueError("give input_column and output_column (a CSV or parquet file), or format (a trace)")
+        if self.format is not None and columns != (None, None):
+            raise ValueError(f"a trace (format '{self.format}') has its own columns: remove input_column/output_column")
+        return self
 
 
-class MixEntry(_Spec):
+class Popularity(_Spec):
+    """How a mix entry with several ``models`` splits its weight among them: ``zipf`` gives
+    the ``k``-th listed model a share proportional to ``1 / k**s``; ``uniform`` equal shares."""
+
+    dist: Literal["zipf", "uniform"] = "zipf"
+    s: float = Field(default=1.0, gt=0)
+
+
+def _label_values(value: Any) -> Any:
+    """A ``match`` mapping: each label to a tuple of strings (a single value allowed)."""
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, values in value.items():
+        items = values if isinstance(values, list | tuple) else [values]
+        out[key] = tuple(str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v for v in items)
+    return out
+
+
+Match = Annotated[
+    dict[str, tuple[str, ...]], BeforeValidator(_label_values), AfterValidator(FrozenDict), Field(strict=False)
+]
+
+
+class MixEntry(_OmitNone, _Spec):
     """One class of requests: which model, tenant, share of arrivals, sizes, SLOs, priority.
 
     Sizes: ``input_tokens`` (language models), ``output_tokens`` (decoders), or
     ``input_samples`` (images for a CNN, queries for a recommender); each an integer or a
-    distribution. ``lengths`` samples (input, output) token pairs jointly from a file.
+    distribution. ``lengths`` samples (input, output) token pairs jointly from a file. With a
+    trace workload, sizes not given come from the trace.
+
+    ``models`` (a list, or ``"*"`` for every deployed model) instead of ``model`` expands the
+    entry into one class per model, splitting ``weight`` by ``popularity`` (default: Zipf
+    with s = 1, the first listed model the most popular). ``rate_rps`` (with an optional
+    ``arrival``, default Poisson) gives the class its own arrival process instead of a share
+    of the workload's. ``match`` (trace workloads) takes the trace rows whose labels have the
+    given values, e.g. ``{model: GPT-4}``.
     """
 
-    model: str
+    _omit_none = ("model", "models", "popularity", "rate_rps", "arrival", "match")
+
+    model: str | None = None
+    models: Annotated[tuple[str, ...], Field(strict=False)] | Literal["*"] | None = None
+    popularity: Popularity | None = None
     tenant: str = "default"
     weight: float = Field(default=1.0, gt=0)
+    rate_rps: float | None = Field(default=None, gt=0)
+    arrival: ArrivalSpec | None = None
+    match: Match | None = None
     input_tokens: Size | None = None
     output_tokens: Size | None = None
     input_samples: Size = SizeSpec.model_validate({"dist": "fixed", "value": 1})
@@ -143,23 +238,55 @@ class MixEntry(_Spec):
     def _check(self) -> MixEntry:
         if self.lengths is not None and (self.input_tokens is not None or self.output_tokens is not None):
             raise ValueError("give either 'lengths' (joint pairs) or input_tokens/output_tokens, not both")
+        if (self.model is None) == (self.models is None):
+            raise ValueError("give 'model' (one model) or 'models' (a list, or '*' for all deployed models)")
+        if self.models is not None and self.models != "*" and not self.models:
+            raise ValueError("'models' lists no model")
+        if self.popularity is not None and self.models is None:
+            raise ValueError("'popularity' splits the weight of an entry with several 'models'; this entry has one")
+        if self.arrival is not None and self.rate_rps is None and self.arrival.process not in ("replay",):
+            raise ValueError(
+                f"an entry's own arrival process ('{self.arrival.process}') needs the entry's rate_rps (its mean rate)"
+            )
         return self
 
 
-class WorkloadSpec(_Spec):
-    """Arrivals at ``rate_rps`` from ``arrival``, until ``num_requests`` or ``duration_s``
-    (whichever comes first), with request classes drawn from ``mix`` by weight."""
+class WorkloadSpec(_OmitNone, _Spec):
+    """Where requests come from and what they are.
 
-    rate_rps: float = Field(gt=0)
+    Arrivals at ``rate_rps`` (the mean, requests/s) from ``arrival``, until ``num_requests``
+    or ``duration_s`` (whichever comes first), with request classes drawn from ``mix`` by
+    weight. Or arrivals from a ``trace`` (see :class:`TraceSpec`), which ends by itself;
+    ``rate_rps`` then rescales its time to that mean rate, and ``num_requests``/``duration_s``
+    cut it short.
+    """
+
+    _omit_none = ("rate_rps", "trace")
+
+    rate_rps: float | None = Field(default=None, gt=0)
     arrival: ArrivalSpec = ArrivalSpec()
+    trace: TraceSpec | None = None
     num_requests: int | None = Field(default=None, gt=0)
     duration_s: float | None = Field(default=None, gt=0)
     mix: tuple[MixEntry, ...] = Field(min_length=1, strict=False)  # a YAML list, kept as a tuple
 
     @model_validator(mode="after")
     def _check(self) -> WorkloadSpec:
-        if self.num_requests is None and self.duration_s is None:
+        ends = self.trace is not None or (self.arrival.process == "replay" and not self.arrival.params.get("loop"))
+        if self.num_requests is None and self.duration_s is None and not ends:
             raise ValueError("give num_requests or duration_s (or both: whichever is reached first)")
+        if self.trace is not None and "arrival" in self.model_fields_set:
+            raise ValueError(
+                "give either 'trace' (arrivals, sizes and labels from a trace) or 'arrival', not both;"
+                " to replay only a trace's timestamps, use arrival: {process: replay, trace: {...}}"
+            )
+        for i, entry in enumerate(self.mix):
+            if entry.match is not None and self.trace is None:
+                raise ValueError(f"mix.{i}.match selects rows of a trace: give workload.trace")
+            if self.trace is not None and (entry.arrival is not None or entry.rate_rps is not None):
+                raise ValueError(
+                    f"mix.{i}: a trace workload's arrivals come from the trace: remove the entry's arrival/rate_rps"
+                )
         return self
 
 
@@ -217,7 +344,8 @@ class EngineSpec(_Spec):
     """Engine options. ``coalesce_decode`` jumps over runs of identical decode iterations in
     one event (results are identical to stepping; a test proves it).
     ``timeseries_interval_s`` sets the sampling period of ``timeseries.parquet`` (default:
-    the arrival window / 200)."""
+    the arrival window / 200, doubling after every 1,000 samples so that a long drain keeps
+    the timeseries bounded)."""
 
     coalesce_decode: bool = True
     timeseries_interval_s: float | None = Field(default=None, gt=0)

@@ -132,24 +132,22 @@ class DecoderReplica(Replica):
             return final
         return req.prefill_target
 
-    def _peek_units(self, req: Request) -> int:
-        unit = self._kv.config.prefix_block_tokens
-        if not unit or not len(req.prefix_ids) or req.prefilled_tokens:
-            return 0
-        usable = min(len(req.prefix_ids), (req.input_tokens - 1) // unit)
-        hits = 0
-        entries = self._kv._entries
-        while hits < usable and req.prefix_ids[hits] in entries:
-            hits += 1
-        return hits
+    def _peek_units(self, req: Request) -> tuple[int, int]:
+        """The prefix-cache units ``req`` would reuse now, and how many of them are unused
+        (evictable) entries that pinning would take out of the free pool."""
+        if not self._unit_blocks or not len(req.prefix_ids) or req.prefilled_tokens:
+            return 0, 0
+        return self._kv.peek_prefix(req.prefix_ids, req.input_tokens)
 
     def kv_blocks_to_admit(self, request: Any) -> int:
-        """Blocks admitting the waiting ``request`` allocates now: its swapped-out blocks; or its
-        prompt (or its reservation) minus the prefix-cache units it would reuse."""
+        """Blocks admitting the waiting ``request`` takes from the free pool now: its swapped-out
+        blocks; or its prompt (or its reservation) minus the prefix-cache units it reuses, plus
+        those of them that were unused (pinning takes them out of the evictable pool)."""
         if request.swapped_blocks:
             return int(request.swapped_blocks)
-        units = self._peek_units(request)
-        return max(0, blocks_for(self._reserve_tokens(request), self._block) - units * self._unit_blocks)
+        hits, idle = self._peek_units(request)
+        fresh = max(0, blocks_for(self._reserve_tokens(request), self._block) - hits * self._unit_blocks)
+        return fresh + idle * self._unit_blocks
 
     def prompt_tokens_to_compute(self, request: Any) -> int:
         """Prompt tokens the request's prefill still has to compute (after prefix-cache hits)."""
@@ -157,7 +155,7 @@ class DecoderReplica(Replica):
             return 0
         if request.prefilled_tokens:
             return int(request.prefill_target - request.prefilled_tokens)
-        return int(request.prefill_target - self._peek_units(request) * self._kv.config.prefix_block_tokens)
+        return int(request.prefill_target - self._peek_units(request)[0] * self._kv.config.prefix_block_tokens)
 
     @property
     def memory_used_bytes(self) -> float:

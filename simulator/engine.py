@@ -34,6 +34,10 @@ from simulator.request import COMPLETED, FAILED, REJECTED, Request, RequestTable
 __all__ = ["Environment", "PolicyError", "Simulation", "SimulationResult"]
 
 
+#: With the default sampling interval, it doubles after this many samples.
+_SAMPLES_PER_DOUBLING = 1000
+
+
 class Environment(simpy.Environment):
     """A simpy environment with timers at absolute times and a count of scheduled events."""
 
@@ -121,7 +125,8 @@ class Simulation:
         ]
         n = len(self.table)
         window = float(self.table.arrival_s[-1]) if n else 1.0
-        self.interval_s = spec.engine.timeseries_interval_s or max(window / 200.0, 1e-6)
+        self.interval_s = spec.engine.timeseries_interval_s or (window / 200.0 if window > 0 else 1e-3)
+        self._adaptive = spec.engine.timeseries_interval_s is None
         self._samples: dict[str, list[Any]] = {
             k: []
             for k in (
@@ -234,12 +239,19 @@ class Simulation:
             self._last_sample[k] = (now, busy_s, q_area, r.steps, r.step_items)
 
     def _sampler(self) -> Generator[simpy.Event, Any, None]:
+        """Sample every ``interval_s``; with the default interval, double it each time another
+        ``_SAMPLES_PER_DOUBLING`` samples have been taken, so a run far longer than its arrival
+        window still keeps a bounded timeseries (each row covers its own span)."""
         env = self.env
-        k = 1
+        k = 0
+        origin = 0.0
+        interval = self.interval_s
         while not self._all_done.triggered:
-            yield env.timer_at(k * self.interval_s)
             k += 1
+            yield env.timer_at(origin + k * interval)
             self._sample(env.now)
+            if self._adaptive and k == _SAMPLES_PER_DOUBLING:
+                origin, k, interval = env.now, 0, 2 * interval
             if not env._queue:  # nothing else can ever happen: stop, let run() report a stall
                 return
 

@@ -122,7 +122,7 @@ class KVCache:
         a prompt fully in the cache reuses all but its last unit.
         """
         unit = self.config.prefix_block_tokens
-        if not unit or not ids:
+        if not unit or not len(ids):
             return 0, 0
         usable = min(len(ids), (prompt_tokens - 1) // unit)
         hits = 0
@@ -135,6 +135,22 @@ class KVCache:
             entry.refs += 1
             hits += 1
         return hits, hits * unit
+
+    def peek_prefix(self, ids: Sequence[int], prompt_tokens: int) -> tuple[int, int]:
+        """Without pinning: how many leading units of ``ids`` :meth:`pin_prefix` would reuse,
+        and how many of those are unused (evictable) entries."""
+        unit = self.config.prefix_block_tokens
+        if not unit or not len(ids):
+            return 0, 0
+        usable = min(len(ids), (prompt_tokens - 1) // unit)
+        hits = idle = 0
+        while hits < usable:
+            entry = self._entries.get(ids[hits])
+            if entry is None:
+                break
+            idle += entry.refs == 0
+            hits += 1
+        return hits, idle
 
     def record_lookup(self, prompt_tokens: int, hit_tokens: int) -> None:
         """Count a prefill's prompt and how much of it the cache supplied (for the hit rate)."""
@@ -150,7 +166,7 @@ class KVCache:
         (``ids[:units]``), and how many of its private blocks left its private count.
         """
         unit = self.config.prefix_block_tokens
-        if not unit or not ids:
+        if not unit or not len(ids):
             return first, 0
         complete = max(first, min(len(ids), prompt_tokens // unit))
         per = self.prefix_blocks

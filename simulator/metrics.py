@@ -56,6 +56,10 @@ REQUEST_COLUMNS = {
     "tpot_slo_s": "s (nan: none)",
     "e2e_slo_s": "s (nan: none)",
     "slo_met": "bool",
+    "normalized_latency_s": "s per output token: e2e_s / output_tokens (nan without output tokens)",
+    "max_itl_s": "s: the longest gap between two consecutive output tokens (nan: fewer than 2)",
+    "preemptions": "times the request was preempted",
+    "cached_tokens": "prompt tokens served from the prefix cache",
 }
 
 _PERCENTILES = (50, 90, 99)
@@ -102,6 +106,10 @@ def requests_frame(table: RequestTable) -> pd.DataFrame:
             "tpot_slo_s": table.tpot_slo_s,
             "e2e_slo_s": table.e2e_slo_s,
             "slo_met": met,
+            "normalized_latency_s": np.where(table.output_tokens > 0, e2e / np.maximum(table.output_tokens, 1), np.nan),
+            "max_itl_s": table.max_itl_s,
+            "preemptions": table.preemptions.astype(np.int32),
+            "cached_tokens": table.cached_tokens.astype(np.int64),
         }
     )
 

@@ -71,11 +71,30 @@ def make_runs(doc: dict[str, Any], overrides: list[str] | None = None, where: st
     return expand(doc, Path(where).resolve(), overrides or [])
 
 
-def run_doc(doc: dict[str, Any], overrides: list[str] | None = None):
-    """Simulate the single run of ``doc``; return (resolved, result, requests frame)."""
+def run_doc(doc: dict[str, Any], overrides: list[str] | None = None, prefix_units: int = 0):
+    """Simulate the single run of ``doc``; return (resolved, result, requests frame).
+
+    With ``prefix_units`` > 0, each request also carries prefix-unit ids (one per
+    ``prefix_units`` tokens of its prompt) shared among 7 conversations, for prefix caching.
+    """
     runs = make_runs(doc, overrides)
     assert len(runs) == 1
-    resolved, result = simulate(runs[0])
+    if not prefix_units:
+        resolved, result = simulate(runs[0])
+        return resolved, result, requests_frame(result.table)
+    import numpy as np
+
+    from simulator.engine import Simulation
+    from simulator.experiment import resolve
+
+    resolved = resolve(runs[0])
+    table = resolved.generate_workload(np.random.SeedSequence(runs[0].seed).spawn(3)[0])
+    units = table.input_tokens // prefix_units
+    table.prefix_ids = np.concatenate(
+        [np.arange(u, dtype=np.int64) + 1000 * (i % 7) for i, u in enumerate(units.tolist())]
+    )
+    table.prefix_offsets = np.concatenate([[0], np.cumsum(units)]).astype(np.int64)
+    result = Simulation(resolved, table).run()
     return resolved, result, requests_frame(result.table)
 
 

@@ -115,7 +115,41 @@ BATCHINGS = [
     {"policy": "dynamic", "max_batch_size": 8, "max_queue_delay_ms": 20},
     {"policy": "static", "max_batch_size": 4},
     {"policy": "none"},
+    {"policy": "vllm", "max_num_seqs": 64, "max_num_batched_tokens": 4096},
+    {"policy": "sarathi", "chunk_tokens": 512},
+    {"policy": "orca", "max_batch_size": 32, "reservation": "pow2"},
+    {"policy": "request_level", "max_batch_size": 8},
 ]
+
+#: KV-cache settings that squeeze memory (about 6,000 tokens): preemption, swap, prefix caching.
+PRESSURE = [
+    {"memory_utilization": 0.25},
+    {"memory_utilization": 0.25, "kv_cache": {"preemption": "swap"}},
+    {"memory_utilization": 0.25, "kv_cache": {"prefix_caching": True, "prefix_block_tokens": 64}},
+]
+
+
+@pytest.mark.parametrize("pressure", PRESSURE, ids=["recompute", "swap", "prefix"])
+@pytest.mark.parametrize("policy", ["vllm", "sarathi", "orca"])
+def test_coalesced_decoding_is_identical_to_stepping_under_kv_pressure(policy, pressure):
+    batching = next(b for b in BATCHINGS if b["policy"] == policy)
+    doc = _decoder_doc(11, batching, 1, 12.0)
+    doc["models"]["llama"].update(copy.deepcopy(pressure))
+    if pressure.get("kv_cache", {}).get("prefix_caching"):
+        doc["workload"]["num_requests"] = 300
+    _, fast, fast_df = run_doc(doc, prefix_units=64)
+    slow_doc = copy.deepcopy(doc)
+    slow_doc["engine"]["coalesce_decode"] = False
+    _, slow, slow_df = run_doc(slow_doc, prefix_units=64)
+    pd.testing.assert_frame_equal(fast_df, slow_df, check_exact=True)
+    pd.testing.assert_frame_equal(fast.timeseries, slow.timeseries, check_exact=True)
+    assert [r["busy_s"] for r in fast.replicas] == [r["busy_s"] for r in slow.replicas]
+    assert [r.get("preemptions") for r in fast.replicas] == [r.get("preemptions") for r in slow.replicas]
+    assert (fast.itl_counts == slow.itl_counts).all()
+    if pressure.get("kv_cache", {}).get("prefix_caching"):
+        assert fast_df["cached_tokens"].sum() > 0  # the cache was really used
+    elif policy != "orca":
+        assert fast_df["preemptions"].sum() > 0  # the pressure was real
 
 
 @pytest.mark.parametrize("seed", range(4))
