@@ -3,6 +3,8 @@
 ``ldsim run FILE [key=value ...]`` runs an experiment (every sweep point) and writes results
 and a report; ``ldsim check FILE`` validates it without running; ``ldsim report DIR`` redraws
 a report; ``ldsim list policies|models|profiles|experiments`` shows what names resolve to.
+``ldsim calibrate`` measures this machine into a hardware profile (torch needed) and
+``ldsim profile check|show|diff`` checks, reads and compares profiles.
 A user's mistake prints one paragraph naming the place and exits with status 2; a run that
 fails inside a sweep is reported and the command exits with status 1 after the others finish.
 """
@@ -10,6 +12,7 @@ fails inside a sweep is reported and the command exits with status 1 after the o
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -133,6 +136,68 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from simulator.calibrate import calibrate
+
+    out = Path(args.out)
+    if out.suffix not in (".yaml", ".yml"):
+        raise LdsimError(f"--out {args.out}: a profile is a YAML file; give a path ending in .yaml")
+    if args.threads is not None and args.threads < 1:
+        raise LdsimError(f"--threads must be >= 1, got {args.threads}")
+
+    def progress(line: str) -> None:
+        print(f"ldsim calibrate: {line}", file=sys.stderr, flush=True)
+
+    result = calibrate(
+        args.device,
+        out,
+        quick=args.quick,
+        threads=args.threads,
+        name=args.name,
+        command=args.command_line,
+        progress=progress,
+    )
+    print(f"wrote {result.profile_path} ({result.rows} measurements)")
+    print(f"calibration took {result.breakdown()}")
+    for note in result.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def _cmd_profile_check(args: argparse.Namespace) -> int:
+    from simulator.calibrate import check_profile
+    from simulator.hardware import load_profile
+
+    profile = load_profile(args.profile)
+    png = Path(args.out) if args.out else Path(f"{profile.name}.check.png")
+
+    def progress(line: str) -> None:
+        print(f"ldsim profile check: {line}", file=sys.stderr, flush=True)
+
+    result = check_profile(
+        args.profile, quick=args.quick, out_png=png, device=args.device, threads=args.threads, progress=progress
+    )
+    print(result.table())
+    print(f"plot: {result.plot_path}; rows: {result.csv_path}")
+    return 0
+
+
+def _cmd_profile_show(args: argparse.Namespace) -> int:
+    from simulator.calibrate.describe import show_profile
+    from simulator.hardware import load_profile
+
+    print(show_profile(load_profile(args.profile)))
+    return 0
+
+
+def _cmd_profile_diff(args: argparse.Namespace) -> int:
+    from simulator.calibrate.describe import diff_profiles
+    from simulator.hardware import load_profile
+
+    print(diff_profiles(load_profile(args.a), load_profile(args.b)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ldsim``."""
     parser = argparse.ArgumentParser(
@@ -161,16 +226,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.set_defaults(func=_cmd_report)
 
+    p = sub.add_parser("workload", help="describe a workload: an experiment's or a trace file's")
+    workload_sub = p.add_subparsers(dest="workload_command", required=True)
+    d = workload_sub.add_parser(
+        "describe", help="print rates, burstiness and size percentiles; draw arrival-rate and size plots"
+    )
+    from workloads.describe import add_arguments, run_from_args
+
+    add_arguments(d)
+    d.set_defaults(func=run_from_args)
+
     p = sub.add_parser("list", help="list policies, models, profiles or shipped experiments")
     p.add_argument("what", choices=["policies", "models", "profiles", "experiments"])
     p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser(
+        "calibrate",
+        help="measure this machine with torch microbenchmarks and write a hardware profile (needs torch)",
+        description="Time GEMMs, attention, memory-bound operators, embedding bags, convolutions, transfers,"
+        " collectives and small layer blocks on one device, and write a measured hardware profile with its"
+        " tables and raw measurements beside it.",
+    )
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--out", required=True, help="profile to write, e.g. hardware_profiles/mine.yaml")
+    p.add_argument("--quick", action="store_true", help="smaller grids: under a minute on a small CPU")
+    p.add_argument("--threads", type=int, help="CPU threads (default: every core)")
+    p.add_argument("--name", help="profile name (default: the file name without .yaml)")
+    p.set_defaults(func=_cmd_calibrate)
+
+    p = sub.add_parser("profile", help="check, show or compare hardware profiles")
+    psub = p.add_subparsers(dest="profile_command", required=True)
+    q = psub.add_parser(
+        "check",
+        help="re-measure held-out shapes and layer blocks here and compare with the profile's predictions",
+    )
+    q.add_argument("profile", help="a profile YAML path or a shipped profile's name")
+    q.add_argument("--quick", action="store_true", help="fewer shapes, shorter timing")
+    q.add_argument("--out", help="plot to write (default: <profile name>.check.png); the rows go to a CSV beside it")
+    q.add_argument("--device", help="cpu, cuda or cuda:N (default: what the profile was measured on)")
+    q.add_argument("--threads", type=int, help="CPU threads (default: as in the profile)")
+    q.set_defaults(func=_cmd_profile_check)
+    q = psub.add_parser("show", help="provenance, peaks, links, tables and collective curves of a profile")
+    q.add_argument("profile")
+    q.set_defaults(func=_cmd_profile_show)
+    q = psub.add_parser("diff", help="compare two profiles (B against A)")
+    q.add_argument("a")
+    q.add_argument("b")
+    q.set_defaults(func=_cmd_profile_diff)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(words)
+    args.command_line = shlex.join(["ldsim", *words])
     # overrides may come after options (`ldsim run x.yaml --out d key=value`)
     stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
     if stray:

@@ -44,8 +44,8 @@ __all__ = [
     "DeploymentSpec",
     "EngineSpec",
     "ExperimentSpec",
-    "KVCacheSpec",
     "JointLengths",
+    "KVCacheSpec",
     "MixEntry",
     "PolicySpec",
     "Popularity",
@@ -97,9 +97,11 @@ class PolicySpec(_Open):
 
 class _OmitNone(BaseModel):
     """Leaves keys added after a model's first release out of its dump while they are ``None``,
-    so the resolved configuration and ``spec_hash`` of an older experiment do not change."""
+    so the resolved configuration and ``spec_hash`` of an older experiment do not change; and
+    a key that does not apply beside another (``_omit_beside``: (key, other) pairs)."""
 
     _omit_none: tuple[str, ...] = ()
+    _omit_beside: tuple[tuple[str, str], ...] = ()
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: SerializerFunctionWrapHandler) -> Any:
@@ -108,6 +110,9 @@ class _OmitNone(BaseModel):
             for key in self._omit_none:
                 if data.get(key, 0) is None:
                     del data[key]
+            for key, other in self._omit_beside:
+                if data.get(other) is not None:
+                    data.pop(key, None)
         return data
 
 
@@ -213,8 +218,9 @@ class MixEntry(_OmitNone, _Spec):
     entry into one class per model, splitting ``weight`` by ``popularity`` (default: Zipf
     with s = 1, the first listed model the most popular). ``rate_rps`` (with an optional
     ``arrival``, default Poisson) gives the class its own arrival process instead of a share
-    of the workload's. ``match`` (trace workloads) takes the trace rows whose labels have the
-    given values, e.g. ``{model: GPT-4}``.
+    of the workload's (with ``models``, each model gets its popularity share of the rate).
+    ``match`` (trace workloads) takes the trace rows whose labels have the given values, e.g.
+    ``{model: GPT-4}``.
     """
 
     _omit_none = ("model", "models", "popularity", "rate_rps", "arrival", "match")
@@ -257,11 +263,13 @@ class WorkloadSpec(_OmitNone, _Spec):
     Arrivals at ``rate_rps`` (the mean, requests/s) from ``arrival``, until ``num_requests``
     or ``duration_s`` (whichever comes first), with request classes drawn from ``mix`` by
     weight. Or arrivals from a ``trace`` (see :class:`TraceSpec`), which ends by itself;
-    ``rate_rps`` then rescales its time to that mean rate, and ``num_requests``/``duration_s``
-    cut it short.
+    ``rate_rps`` then rescales its time so that the requests run (the first
+    ``num_requests``, or all) have that mean rate, and ``num_requests``/``duration_s`` cut it
+    short.
     """
 
     _omit_none = ("rate_rps", "trace")
+    _omit_beside = (("arrival", "trace"),)  # a trace's arrivals are its own
 
     rate_rps: float | None = Field(default=None, gt=0)
     arrival: ArrivalSpec = ArrivalSpec()
@@ -328,7 +336,10 @@ class KVCacheSpec(_Spec):
 class DeploymentSpec(_Spec):
     """One served model: its architecture (default: the deployment's name), replicas, dtype,
     tensor parallelism, batching and scheduling policies, and the fraction of device memory it
-    may use (as vLLM's ``gpu_memory_utilization``)."""
+    may use (as vLLM's ``gpu_memory_utilization``). A request longer than the model's context
+    (``input_tokens + output_tokens``) is rejected, or, with ``context_overflow: truncate``,
+    its prompt is cut from the left to fit (and its output too if that alone does not fit);
+    either way it is counted."""
 
     architecture: str | None = None
     replicas: int | None = Field(default=None, gt=0)
@@ -338,6 +349,7 @@ class DeploymentSpec(_Spec):
     scheduling: PolicySpec = PolicySpec(policy="fcfs")
     memory_utilization: float = Field(default=0.9, gt=0, le=1)
     kv_cache: KVCacheSpec = KVCacheSpec()
+    context_overflow: Literal["reject", "truncate"] = "reject"
 
 
 class EngineSpec(_Spec):

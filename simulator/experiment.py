@@ -11,8 +11,12 @@ runs exactly this for every sweep point, so a run never starts on a spec that ca
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import math
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from simulator.cluster import Cluster, MemoryPlan, check_fits
-from simulator.config import MixEntry, RunSpec, SizeSpec
+from simulator.config import ArrivalSpec, MixEntry, RunSpec, SizeSpec
 from simulator.cost import Deployment, ModelCost
 from simulator.errors import ConfigError, LdsimError, did_you_mean
 from simulator.hardware import GIB, HardwareProfile, load_profile
@@ -64,6 +68,7 @@ class ModelPlan:
     max_batch_size: int | None
     kv: KVConfig | None = None
     preemption: str = "recompute"
+    context_overflow: str = "reject"
 
     @property
     def kv_capacity_tokens(self) -> int:
@@ -73,7 +78,16 @@ class ModelPlan:
 
 @dataclass
 class ClassPlan:
-    """One request class of the mix, with its size samplers built."""
+    """One request class: one model of a mix entry, with its samplers built (it is what
+    :class:`workloads.mix.RequestClass` describes).
+
+    ``weight``: the class's share of the shared arrivals (the entry's weight times the
+    model's popularity share). ``arrival``/``rate_rps``: the class's own arrival process and
+    mean rate (requests/s), ``None`` when it shares the workload's. ``token_input``: the model
+    takes input tokens (decoders, encoders); ``autoregressive``: it generates output tokens.
+    ``priority``, ``slo_s`` (TTFT, TPOT, e2e in seconds, ``nan``: none) and ``match`` (the
+    trace labels it takes rows by) come from the entry.
+    """
 
     entry: MixEntry
     model_code: int
@@ -82,11 +96,25 @@ class ClassPlan:
     output_tokens: Any | None
     input_samples: Any
     lengths: tuple[np.ndarray, np.ndarray] | None
+    model: str = ""
+    weight: float = 1.0
+    token_input: bool = False
+    autoregressive: bool = False
+    arrival: Any = None
+    rate_rps: float | None = None
+    priority: int = 0
+    slo_s: tuple[float, float, float] = (math.nan, math.nan, math.nan)
+    match: Any = None
 
 
 @dataclass
 class ResolvedRun:
-    """Everything one run needs, checked. Build with :func:`resolve`."""
+    """Everything one run needs, checked. Build with :func:`resolve`.
+
+    ``arrival`` is the workload's shared arrival process (``None`` for a trace workload);
+    ``trace`` the :class:`workloads.traces.Trace` a trace workload replays (windowed, capped
+    and scaled as the spec asks).
+    """
 
     run: RunSpec
     profile: HardwareProfile
@@ -97,72 +125,55 @@ class ResolvedRun:
     classes: list[ClassPlan]
     tenants: list[str]
     notes: list[str] = field(default_factory=list)
+    trace: Any = None
 
-    def generate_workload(self, seed_seq: np.random.SeedSequence) -> RequestTable:
-        """Draw the run's requests (arrivals, classes, sizes) from ``seed_seq``.
+    @property
+    def closed_loop(self) -> bool:
+        """Whether arrivals come from closed-loop clients (fed back by the engine)."""
+        return hasattr(self.arrival, "clients")
 
-        Independent generators are spawned for the arrivals, the class choice and each
-        class's sizes, so changing one class's sizes does not move the arrivals.
-        """
-        from workloads.arrivals import arrival_times
+    def iter_workload(self, seed_seq: np.random.SeedSequence) -> Iterator[Any]:
+        """The run's requests as :class:`workloads.mix.RequestColumns` chunks in arrival order
+        (bounded memory for any number of requests; see :mod:`workloads.mix` for how
+        ``seed_seq`` is split)."""
+        from workloads.mix import closed_loop_requests, requests_from_trace, stream_requests
 
         wl = self.run.spec.workload
-        arr_ss, cls_ss, *size_ss = seed_seq.spawn(2 + len(self.classes))
-        times = arrival_times(self.arrival, wl.rate_rps, np.random.default_rng(arr_ss), wl.num_requests, wl.duration_s)
-        n = len(times)
-        weights = np.array([c.entry.weight for c in self.classes], dtype=float)
-        if len(self.classes) == 1:
-            which = np.zeros(n, dtype=np.int64)
+        if self.trace is not None:
+            yield requests_from_trace(self.classes, self.trace, seed_seq, wl.num_requests, wl.duration_s)
+        elif self.closed_loop:
+            assert wl.num_requests is not None
+            yield closed_loop_requests(self.classes, wl.num_requests, seed_seq)
         else:
-            which = np.random.default_rng(cls_ss).choice(len(self.classes), n, p=weights / weights.sum())
-        cols = {
-            name: np.zeros(n, dtype=np.int64)
-            for name in ("model", "tenant", "input_tokens", "input_samples", "output_tokens", "priority")
-        }
-        slos = {name: np.full(n, np.nan) for name in ("ttft_slo_s", "tpot_slo_s", "e2e_slo_s")}
-        for c_idx, (plan, ss) in enumerate(zip(self.classes, size_ss, strict=True)):
-            idx = np.flatnonzero(which == c_idx)
-            k = len(idx)
-            rng = np.random.default_rng(ss)
-            cols["model"][idx] = plan.model_code
-            cols["tenant"][idx] = plan.tenant_code
-            cols["priority"][idx] = plan.entry.priority
-            if plan.lengths is not None:
-                rows = rng.integers(0, len(plan.lengths[0]), k)
-                cols["input_tokens"][idx] = plan.lengths[0][rows]
-                cols["output_tokens"][idx] = plan.lengths[1][rows]
-            else:
-                if plan.input_tokens is not None:
-                    cols["input_tokens"][idx] = plan.input_tokens.sample(k, rng)
-                if plan.output_tokens is not None:
-                    cols["output_tokens"][idx] = plan.output_tokens.sample(k, rng)
-            cols["input_samples"][idx] = plan.input_samples.sample(k, rng)
-            model = self.models[plan.entry.model]
-            if model.arch.family in ("decoder", "encoder"):
-                cols["input_tokens"][idx] = np.maximum(cols["input_tokens"][idx], 1)
-                cols["input_samples"][idx] = 1
-            else:
-                cols["input_samples"][idx] = np.maximum(cols["input_samples"][idx], 1)
-            if model.arch.autoregressive:
-                cols["output_tokens"][idx] = np.maximum(cols["output_tokens"][idx], 1)
-            slo = plan.entry.slo
-            for key, value in (("ttft_slo_s", slo.ttft_ms), ("tpot_slo_s", slo.tpot_ms), ("e2e_slo_s", slo.e2e_ms)):
-                if value is not None:
-                    slos[key][idx] = value / 1e3
-        return RequestTable(
-            arrival_s=times,
-            model=cols["model"].astype(np.int32),
-            tenant=cols["tenant"].astype(np.int32),
-            input_tokens=cols["input_tokens"],
-            input_samples=cols["input_samples"],
-            output_tokens=cols["output_tokens"],
-            priority=cols["priority"].astype(np.int32),
-            ttft_slo_s=slos["ttft_slo_s"],
-            tpot_slo_s=slos["tpot_slo_s"],
-            e2e_slo_s=slos["e2e_slo_s"],
-            model_names=list(self.models),
-            tenant_names=self.tenants,
-        )
+            yield from stream_requests(
+                self.classes, self.arrival, wl.rate_rps, seed_seq, wl.num_requests, wl.duration_s
+            )
+
+    def generate_workload(self, seed_seq: np.random.SeedSequence) -> RequestTable:
+        """Draw the run's requests (arrivals, classes, sizes) from ``seed_seq`` as one table.
+
+        Independent generators are derived for the arrivals, the class choice and each
+        class's sizes, so changing one class's sizes does not move the arrivals. For
+        closed-loop clients the table holds the requests in the order they will be issued,
+        with ``arrival_s`` ``nan`` until the engine issues them (see
+        :meth:`closed_loop_clients`).
+        """
+        from workloads.mix import RequestColumns
+
+        cols = RequestColumns.concat(list(self.iter_workload(seed_seq)))
+        init = [f.name for f in dataclasses.fields(RequestTable) if f.init]
+        return RequestTable(**cols.table_kwargs(init), model_names=list(self.models), tenant_names=self.tenants)
+
+    def closed_loop_clients(self, seed_seq: np.random.SeedSequence) -> Any:
+        """The closed-loop clients of a run (a :class:`workloads.arrivals.ClosedLoopClients`),
+        drawing think times from ``seed_seq``'s arrival child; ``None`` for open-loop
+        arrivals. Pass the same ``seed_seq`` as to :meth:`generate_workload`."""
+        if not self.closed_loop:
+            return None
+        from workloads.mix import child_seed
+
+        wl = self.run.spec.workload
+        return self.arrival.clients(wl.num_requests, wl.duration_s, np.random.default_rng(child_seed(seed_seq, 0)))
 
 
 def _architecture(name: str, where: str) -> Architecture:
@@ -329,6 +340,7 @@ def resolve(run: RunSpec) -> ResolvedRun:
             max_batch_size=max_batch,
             kv=kv_config,
             preemption=dep.kv_cache.preemption,
+            context_overflow=dep.context_overflow,
         )
 
     cluster = Cluster.build(
@@ -343,66 +355,225 @@ def resolve(run: RunSpec) -> ResolvedRun:
         cluster.reserve(placement, plan.memory, plan.memory_utilization, f"{source}: models.{plan.name}")
 
     routing = _policy(ROUTING, spec.routing, source, ("routing",))
-    arrival_plan = _policy(ARRIVALS, spec.workload.arrival, source, ("workload", "arrival"), "process")
-    arrival = arrival_plan.target(arrival_plan.params) if arrival_plan.params is not None else arrival_plan.target()
+    arrival, classes, tenants, trace, notes = _resolve_workload(run, models)
+    return ResolvedRun(run, profile, cluster, models, routing, arrival, classes, tenants, notes, trace)
 
+
+def _build_arrival(plan: PolicyPlan, base_dir: Path, where: str) -> Any:
+    """Build an arrival process; one whose constructor takes ``base_dir`` gets the
+    experiment's folder (for files named relative to it)."""
+    target = plan.target
+    kwargs: dict[str, Any] = {}
+    try:
+        if "base_dir" in inspect.signature(target).parameters:
+            kwargs["base_dir"] = base_dir
+    except (TypeError, ValueError):  # a builtin or C callable: no signature
+        pass
+    try:
+        return target(plan.params, **kwargs) if plan.params is not None else target(**kwargs)
+    except LdsimError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _resolve_workload(
+    run: RunSpec, models: dict[str, ModelPlan]
+) -> tuple[Any, list[ClassPlan], list[str], Any, list[str]]:
+    """The workload part of :func:`resolve`: the arrival process (or the trace), and the mix
+    expanded into request classes with their samplers built and checked."""
+    spec = run.spec
+    wl = spec.workload
+    source = str(run.source)
+    notes: list[str] = []
+    trace = None
+    arrival = None
+    if wl.trace is not None:
+        from workloads.traces import read_trace
+
+        if wl.rate_rps is not None and wl.trace.params.get("rate_scale") is not None:
+            raise ConfigError(
+                f"{source}: workload.rate_rps ({wl.rate_rps:g}) and workload.trace.rate_scale"
+                f" ({wl.trace.params['rate_scale']}) both set the trace's rate: give one"
+            )
+        trace = read_trace({"format": wl.trace.format, **wl.trace.params}, run.base_dir, source, ("workload", "trace"))
+        if wl.rate_rps is not None:  # the part that will run has the mean rate rate_rps
+            part = trace.head(wl.num_requests) if wl.num_requests is not None else trace
+            trace = trace.scaled(wl.rate_rps / part.mean_rate_rps)
+        notes.append(f"trace {trace.source}: {trace.stats.summary()}")
+    else:
+        arrival_plan = _policy(ARRIVALS, wl.arrival, source, ("workload", "arrival"), "process")
+        arrival = _build_arrival(arrival_plan, run.base_dir, f"{source}: workload.arrival")
+        shared = any(e.arrival is None and e.rate_rps is None for e in wl.mix)
+        if wl.rate_rps is None and shared and getattr(arrival, "needs_rate", True):
+            raise ConfigError(
+                f"{source}: workload.rate_rps: required by the arrival process '{wl.arrival.process}'"
+                f" (the mean rate, requests/s) of the mix entries without their own rate_rps"
+            )
+        if hasattr(arrival, "clients"):
+            _check_closed_loop(run, source)
+            with_own = [i for i, e in enumerate(wl.mix) if e.arrival is not None or e.rate_rps is not None]
+            if with_own:
+                raise ConfigError(
+                    f"{source}: workload.mix.{with_own[0]}: with closed-loop clients every request comes"
+                    f" from a client: remove the entry's arrival/rate_rps"
+                )
     tenants: list[str] = []
     classes: list[ClassPlan] = []
     model_names = list(models)
-    for i, entry in enumerate(spec.workload.mix):
+    for i, entry in enumerate(wl.mix):
         prefix = ("workload", "mix", i)
         where = f"{source}: workload.mix.{i}"
-        if entry.model not in models:
-            raise ConfigError(
-                f"{where}.model: '{entry.model}' is not a deployed model"
-                f"{did_you_mean(entry.model, model_names, 'deployed')}"
-            )
-        arch = models[entry.model].arch
-        _check_sizes(entry, arch, where)
+        names = [entry.model] if entry.model is not None else model_names if entry.models == "*" else entry.models
+        assert names is not None
+        for name in names:
+            if name not in models:
+                key = "model" if entry.model is not None else "models"
+                raise ConfigError(
+                    f"{where}.{key}: '{name}' is not a deployed model{did_you_mean(name, model_names, 'deployed')}"
+                )
+            _check_sizes(entry, models[name].arch, where, trace, name)
         if entry.tenant not in tenants:
             tenants.append(entry.tenant)
-        lengths = None
-        if entry.lengths is not None:
-            from workloads.traces import read_numeric_columns, resolve_data_file
+        if entry.match is not None:
+            _check_match(entry.match, trace, where)
+        lengths = _lengths(entry, run, source, prefix, where)
+        own_plan = None
+        if entry.arrival is not None or entry.rate_rps is not None:
+            own_spec = entry.arrival if entry.arrival is not None else ArrivalSpec()
+            own_plan = _policy(ARRIVALS, own_spec, source, (*prefix, "arrival"), "process")
+        slo = entry.slo
+        ttft, tpot, e2e = (v / 1e3 if v is not None else math.nan for v in (slo.ttft_ms, slo.tpot_ms, slo.e2e_ms))
+        sizes = {
+            key: _size(getattr(entry, key), source, (*prefix, key), run.base_dir)
+            for key in ("input_tokens", "output_tokens", "input_samples")
+        }
+        for name, share in zip(names, _popularity(entry, len(names)), strict=True):
+            arch = models[name].arch
+            own = _build_arrival(own_plan, run.base_dir, f"{where}.arrival") if own_plan is not None else None
+            if hasattr(own, "clients"):
+                raise ConfigError(
+                    f"{where}.arrival: closed-loop clients drive the whole workload: use workload.arrival"
+                )
+            classes.append(
+                ClassPlan(
+                    entry=entry,
+                    model_code=model_names.index(name),
+                    tenant_code=tenants.index(entry.tenant),
+                    input_tokens=sizes["input_tokens"],
+                    output_tokens=sizes["output_tokens"],
+                    input_samples=sizes["input_samples"],
+                    lengths=lengths,
+                    model=name,
+                    weight=entry.weight * share,
+                    token_input=arch.family in ("decoder", "encoder"),
+                    autoregressive=arch.autoregressive,
+                    arrival=own,
+                    rate_rps=entry.rate_rps * share if entry.rate_rps is not None else None,
+                    priority=entry.priority,
+                    slo_s=(ttft, tpot, e2e),
+                    match=entry.match,
+                )
+            )
+    if trace is not None:
+        from workloads.mix import assign_classes
 
-            path = resolve_data_file(entry.lengths.file, run.base_dir, f"{where}.lengths.file")
-            cols = read_numeric_columns(
-                path, [entry.lengths.input_column, entry.lengths.output_column], f"{where}.lengths"
+        unmatched = int(np.sum(assign_classes(classes, trace, np.random.default_rng(0)) < 0))
+        if unmatched:
+            notes.append(f"{unmatched:,} trace requests match no mix entry and are left out")
+    return arrival, classes, tenants, trace, notes
+
+
+def _popularity(entry: MixEntry, n: int) -> list[float]:
+    """The shares of an entry's weight among its ``n`` models (1 for a single model)."""
+    if n == 1 and entry.popularity is None:
+        return [1.0]
+    pop = entry.popularity
+    if pop is None or pop.dist == "zipf":
+        s = pop.s if pop is not None else 1.0
+        raw = [1.0 / (k + 1) ** s for k in range(n)]
+    else:
+        raw = [1.0] * n
+    total = sum(raw)
+    return [r / total for r in raw]
+
+
+def _lengths(
+    entry: MixEntry, run: RunSpec, source: str, prefix: tuple[Any, ...], where: str
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The joint (input, output) pairs of ``entry.lengths``: two columns of a file, or a trace."""
+    spec = entry.lengths
+    if spec is None:
+        return None
+    from workloads.traces import read_numeric_columns, read_trace, resolve_data_file
+
+    if spec.format is not None:
+        trace = read_trace({"format": spec.format, "file": spec.file}, run.base_dir, source, (*prefix, "lengths"))
+        if trace.input_tokens is None or trace.output_tokens is None:
+            raise ConfigError(f"{where}.lengths.format: a '{spec.format}' trace has no input and output token counts")
+        return trace.input_tokens, trace.output_tokens
+    assert spec.input_column is not None and spec.output_column is not None
+    path = resolve_data_file(spec.file, run.base_dir, f"{where}.lengths.file")
+    cols = read_numeric_columns(path, [spec.input_column, spec.output_column], f"{where}.lengths")
+    return cols[spec.input_column], cols[spec.output_column]
+
+
+def _check_match(match: Any, trace: Any, where: str) -> None:
+    """Every label a ``match`` names exists in the trace, and every value occurs in it."""
+    for label, values in match.items():
+        if label not in trace.labels:
+            known = sorted(trace.labels)
+            raise ConfigError(
+                f"{where}.match.{label}: the '{trace.format}' trace has no label '{label}'"
+                f"{did_you_mean(label, known, 'labels') if known else '; it has no labels'}"
             )
-            lengths = (cols[entry.lengths.input_column], cols[entry.lengths.output_column])
-        classes.append(
-            ClassPlan(
-                entry=entry,
-                model_code=model_names.index(entry.model),
-                tenant_code=tenants.index(entry.tenant),
-                input_tokens=_size(entry.input_tokens, source, (*prefix, "input_tokens"), run.base_dir),
-                output_tokens=_size(entry.output_tokens, source, (*prefix, "output_tokens"), run.base_dir),
-                input_samples=_size(entry.input_samples, source, (*prefix, "input_samples"), run.base_dir),
-                lengths=lengths,
-            )
+        names = trace.labels[label].names
+        for value in values:
+            if value not in names:
+                shown = list(trace.labels[label].counts())[:12]
+                raise ConfigError(
+                    f"{where}.match.{label}: no request of the trace has {label} '{value}'"
+                    f"{did_you_mean(value, shown, 'most frequent')}"
+                )
+
+
+def _check_closed_loop(run: RunSpec, source: str) -> None:
+    """Closed-loop clients need a request budget and an engine that feeds completions back."""
+    from simulator import engine
+
+    if run.spec.workload.num_requests is None:
+        raise ConfigError(
+            f"{source}: workload.num_requests: closed-loop clients need a budget of requests"
+            f" (duration_s may cut it short)"
         )
-    return ResolvedRun(run, profile, cluster, models, routing, arrival, classes, tenants)
+    if not getattr(engine.Simulation, "feeds_completions", False):
+        raise ConfigError(
+            f"{source}: workload.arrival: closed-loop clients need the engine to feed completions"
+            f" back to them, which this version of the engine does not do yet"
+        )
 
 
-def _check_sizes(entry: MixEntry, arch: Architecture, where: str) -> None:
+def _check_sizes(entry: MixEntry, arch: Architecture, where: str, trace: Any = None, model: str | None = None) -> None:
+    """The sizes a class gives (or its trace supplies) are what its model consumes."""
     family = arch.family
-    has_in = entry.input_tokens is not None or entry.lengths is not None
-    has_out = entry.output_tokens is not None or entry.lengths is not None
+    model = model or entry.model
+    from_trace_in = trace is not None and trace.input_tokens is not None and family in ("decoder", "encoder")
+    from_trace_out = trace is not None and trace.output_tokens is not None and family == "decoder"
+    has_in = entry.input_tokens is not None or entry.lengths is not None or from_trace_in
+    has_out = entry.output_tokens is not None or entry.lengths is not None or from_trace_out
     if family == "decoder" and not (has_in and has_out):
         raise ConfigError(
-            f"{where}: model '{entry.model}' ({arch.name}) is a decoder: give input_tokens"
+            f"{where}: model '{model}' ({arch.name}) is a decoder: give input_tokens"
             f" and output_tokens, or lengths (joint pairs from a file)"
         )
     if family == "encoder":
         if not has_in:
-            raise ConfigError(f"{where}: model '{entry.model}' ({arch.name}) is an encoder: give input_tokens")
+            raise ConfigError(f"{where}: model '{model}' ({arch.name}) is an encoder: give input_tokens")
         if has_out:
             raise ConfigError(
-                f"{where}: model '{entry.model}' ({arch.name}) is an encoder: it generates"
+                f"{where}: model '{model}' ({arch.name}) is an encoder: it generates"
                 f" no output_tokens (remove output_tokens/lengths)"
             )
     if family in ("cnn", "recommendation") and (has_in or has_out):
         raise ConfigError(
-            f"{where}: model '{entry.model}' ({arch.name}) is a {family} model: it takes"
+            f"{where}: model '{model}' ({arch.name}) is a {family} model: it takes"
             f" input_samples (images or queries per request), not input/output tokens"
         )

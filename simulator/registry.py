@@ -1,7 +1,7 @@
 """Registries: names in a YAML file to the objects they stand for.
 
 One :class:`Registry` per family of plug-ins (batching, scheduling and routing policies,
-model architectures, arrival processes, size distributions). A name resolves, in order, to
+model architectures, arrival processes, size distributions, trace formats). A name resolves, in order, to
 
 1. a ``"module:attr"`` path (``my_lab.sched:Edf``), imported on demand;
 2. a built-in, registered lazily by its ``"module:attr"`` string (nothing is imported until
@@ -31,6 +31,7 @@ __all__ = [
     "ROUTING",
     "SCHEDULING",
     "SIZES",
+    "TRACES",
     "Entry",
     "Registry",
     "import_target",
@@ -203,6 +204,13 @@ ARRIVALS = Registry(
     {
         "poisson": "workloads.arrivals:Poisson",
         "gamma": "workloads.arrivals:GammaRenewal",
+        "weibull": "workloads.arrivals:WeibullRenewal",
+        "mmpp": "workloads.arrivals:MMPP",
+        "diurnal": "workloads.arrivals:Diurnal",
+        "piecewise": "workloads.arrivals:PiecewiseRate",
+        "rate_curve": "workloads.arrivals:RateCurve",
+        "replay": "workloads.arrivals:Replay",
+        "closed_loop": "workloads.arrivals:ClosedLoop",
     },
 )
 SIZES = Registry(
@@ -213,6 +221,22 @@ SIZES = Registry(
         "uniform": "workloads.sizes:Uniform",
         "lognormal": "workloads.sizes:LogNormal",
         "empirical": "workloads.sizes:Empirical",
+        "gamma": "workloads.sizes:GammaSize",
+    },
+)
+TRACES = Registry(
+    "traces",
+    "trace format",
+    {
+        "azure_llm_2023": "workloads.readers:AzureLLM",
+        "azure_llm_2024": "workloads.readers:AzureLLM",
+        "mooncake": "workloads.readers:Mooncake",
+        "burstgpt": "workloads.readers:BurstGPT",
+        "azure_functions_2019": "workloads.readers:AzureFunctions2019",
+        "azure_functions_2021": "workloads.readers:AzureFunctions2021",
+        "table": "workloads.readers:Table",
+        "csv": "workloads.readers:Table",
+        "parquet": "workloads.readers:Table",
     },
 )
 

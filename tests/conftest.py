@@ -12,7 +12,7 @@ import yaml
 from simulator.cli import main
 from simulator.config import expand
 from simulator.metrics import requests_frame
-from simulator.registry import ARRIVALS, BATCHING, MODELS, ROUTING, SCHEDULING, SIZES
+from simulator.registry import ARRIVALS, BATCHING, MODELS, ROUTING, SCHEDULING, SIZES, TRACES
 from simulator.sweep import simulate
 
 #: A small CNN experiment (one replica, 200 requests): checks and runs in well under a second.
@@ -45,7 +45,7 @@ LLM: dict[str, Any] = {
 def isolated(monkeypatch: pytest.MonkeyPatch) -> None:
     """Undo what a run leaves in the process: sys.path entries and registrations."""
     monkeypatch.setattr(sys, "path", list(sys.path))
-    for registry in (ARRIVALS, BATCHING, MODELS, ROUTING, SCHEDULING, SIZES):
+    for registry in (ARRIVALS, BATCHING, MODELS, ROUTING, SCHEDULING, SIZES, TRACES):
         monkeypatch.setattr(registry, "_entries", dict(registry._entries))
         monkeypatch.setattr(registry, "_loaded", dict(registry._loaded))
 

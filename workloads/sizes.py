@@ -3,8 +3,10 @@
 A size distribution is a class with ``Params`` whose ``sample(n, rng)`` returns ``n``
 non-negative integers. It is built as ``Cls(params, base_dir)``, where ``base_dir`` is the
 experiment's folder (for files named relative to it). Built in: ``fixed``, ``uniform``
-(integers, both ends included), ``lognormal`` (by median and log-space sigma, clipped), and
-``empirical`` (resampling one column of a CSV or parquet file).
+(integers, both ends included), ``lognormal`` (by median and log-space sigma, clipped),
+``gamma`` (by mean and coefficient of variation, clipped) and ``empirical`` (resampling one
+column of a CSV or parquet file). Joint (input, output) pairs are not a size distribution but
+the mix entry's ``lengths``; :mod:`workloads.fitting` fits a ``lognormal`` to a trace.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pydantic import Field, model_validator
 from simulator.policy import PolicyParams
 from workloads.traces import read_numeric_columns, resolve_data_file
 
-__all__ = ["Empirical", "Fixed", "LogNormal", "SizeDistribution", "Uniform"]
+__all__ = ["Empirical", "Fixed", "GammaSize", "LogNormal", "SizeDistribution", "Uniform"]
 
 
 class SizeDistribution(Protocol):
@@ -100,6 +102,35 @@ class LogNormal:
         """Log-normal integers."""
         p = self.params
         values = np.rint(rng.lognormal(np.log(p.median), p.sigma, n))
+        return np.clip(values, p.min, p.max if p.max is not None else None).astype(np.int64)
+
+
+class GammaSize:
+    """``round(Gamma)`` with mean ``mean`` and coefficient of variation ``cv``, clipped to
+    ``[min, max]`` (the clipping moves the mean a little when it bites)."""
+
+    class Params(PolicyParams):
+        """``mean`` (> 0), ``cv`` (> 0), optional ``min`` (default 1) and ``max``."""
+
+        mean: float = Field(gt=0)
+        cv: float = Field(gt=0)
+        min: int = Field(default=1, ge=0)
+        max: int | None = Field(default=None, ge=1)
+
+        @model_validator(mode="after")
+        def _check(self) -> GammaSize.Params:
+            if self.max is not None and self.max < self.min:
+                raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+            return self
+
+    def __init__(self, params: Params, base_dir: Path | None = None) -> None:
+        self.params = params
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Gamma integers."""
+        p = self.params
+        shape = 1.0 / p.cv**2
+        values = np.rint(rng.gamma(shape, p.mean / shape, n))
         return np.clip(values, p.min, p.max if p.max is not None else None).astype(np.int64)
 
 
