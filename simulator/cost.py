@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from simulator.hardware import HardwareProfile, LinkSpec
-from simulator.models import CNN, Architecture, Decoder, Encoder, Operator, Recommendation
+from simulator.models import CNN, DTYPE_BYTES, Architecture, Decoder, Encoder, Operator, Recommendation
 from simulator.tables import DIMS
 
 __all__ = ["Cost", "Deployment", "ModelCost", "allreduce_s", "operator_cost", "operator_s", "roofline_s"]
@@ -43,6 +43,14 @@ def allreduce_s(nbytes: float, devices: int, link: LinkSpec) -> float:
     return steps * link.latency_s + (steps / devices) * nbytes / link.bandwidth_bytes_per_s
 
 
+def alltoall_s(nbytes: float, devices: int, link: LinkSpec) -> float:
+    """Seconds for an all-to-all in which each of ``devices`` devices holds ``nbytes``: it keeps
+    ``1/devices`` and exchanges the rest, one peer after another."""
+    if devices <= 1:
+        return 0.0
+    return (devices - 1) * link.latency_s + (devices - 1) / devices * nbytes / link.bandwidth_bytes_per_s
+
+
 def roofline_s(op: Operator, profile: HardwareProfile, dtype: str) -> float:
     """Seconds for one instance of ``op`` by the roofline with default efficiencies."""
     compute = op.flops / (profile.peak_flops(dtype) * profile.compute_efficiency(op.kind))
@@ -50,17 +58,22 @@ def roofline_s(op: Operator, profile: HardwareProfile, dtype: str) -> float:
     return profile.launch_overhead_s + max(compute, memory)
 
 
-def operator_cost(op: Operator, profile: HardwareProfile, dtype: str, tp: int = 1) -> tuple[float, bool]:
+def operator_cost(op: Operator, profile: HardwareProfile, dtype: str, tp: int = 1, ep: int = 1) -> tuple[float, bool]:
     """Seconds for all ``op.count`` instances of ``op`` on one device, and whether a measured
-    table (or collective curve) priced it."""
-    if op.kind == "allreduce":
-        if tp <= 1:
+    table (or collective curve) priced it. All-reduces run among the ``tp`` devices of a
+    tensor-parallel group, all-to-alls among the ``ep`` devices of an expert-parallel one."""
+    if op.kind in ("allreduce", "alltoall"):
+        devices = tp if op.kind == "allreduce" else ep
+        if devices <= 1:
             return 0.0, True
-        curve = profile.collective("intra_node", "allreduce", tp)
+        curve = profile.collective("intra_node", op.kind, devices)
         if curve is not None:
             return op.count * curve.time_s(op.bytes), True
-        return op.count * allreduce_s(op.bytes, tp, profile.node.intra_node), False
+        formula = allreduce_s if op.kind == "allreduce" else alltoall_s
+        return op.count * formula(op.bytes, devices, profile.node.intra_node), False
     candidates = [(op.kind, op.shape, op.variant)]
+    if op.variant and op.kind in _GENERIC_VARIANT_KINDS:  # e.g. an 'add' priced by the generic elementwise table
+        candidates.append((op.kind, op.shape, ""))
     if op.fallback is not None:
         candidates.append((op.fallback[0], op.fallback[1], ""))
     for kind, shape, variant in candidates:
@@ -71,6 +84,11 @@ def operator_cost(op: Operator, profile: HardwareProfile, dtype: str, tp: int = 
     return op.count * roofline_s(op, profile, dtype), False
 
 
+#: Kinds whose variants are refinements of one generic table (unlike attention's head dimension
+#: or a convolution's geometry, which are different operators).
+_GENERIC_VARIANT_KINDS = ("elementwise", "norm", "embedding")
+
+
 def operator_s(op: Operator, profile: HardwareProfile, dtype: str, tp: int = 1) -> float:
     """Seconds for all ``op.count`` instances of ``op`` on one device of ``profile``."""
     return operator_cost(op, profile, dtype, tp)[0]
@@ -78,11 +96,27 @@ def operator_s(op: Operator, profile: HardwareProfile, dtype: str, tp: int = 1) 
 
 @dataclass(frozen=True)
 class Deployment:
-    """What a replica runs: an architecture in a dtype over ``tp`` tensor-parallel devices."""
+    """What a replica runs: an architecture in a dtype, and how it is parallelised.
+
+    ``tp`` tensor-parallel devices per stage; ``pp`` pipeline stages (layers split evenly),
+    through which an iteration's batch flows as ``microbatches`` micro-batches (default
+    ``pp``), the stages joined by the node's link or, when ``cross_node``, the network;
+    ``ep`` expert-parallel devices for a mixture-of-experts model, routed with Zipf ``skew``.
+    """
 
     arch: Architecture
     dtype: str
     tp: int = 1
+    pp: int = 1
+    ep: int = 1
+    skew: float = 0.0
+    microbatches: int | None = None
+    cross_node: bool = False
+
+    @property
+    def devices(self) -> int:
+        """Devices one replica occupies."""
+        return self.tp * self.pp * self.ep
 
 
 class ModelCost:
@@ -97,13 +131,22 @@ class ModelCost:
         self.arch = deployment.arch
         self.dtype = deployment.dtype
         self.tp = deployment.tp
+        self.pp = deployment.pp
+        self.ep = deployment.ep
+        self._microbatches = deployment.microbatches or deployment.pp
+        self._stage_link = profile.network.inter_node if deployment.cross_node else profile.node.intra_node
+        self._stage_link_name = "inter_node" if deployment.cross_node else "intra_node"
         profile.peak_flops(self.dtype)  # fail early on a dtype the device lacks
         self._batch_cache: dict[tuple[int, int], Cost] = {}
         self._dense_cache: dict[tuple[int, int], Cost] = {}
+        self._token_cache: dict[int, Cost] = {}  # dense operators that scale with tokens
+        self._seq_cache: dict[int, Cost] = {}  # ... and those that scale with sequences
         self._prefill_cache: dict[tuple[int, int], Cost] = {}
         self.uncalibrated_kinds: set[str] = set()
         self.calibrated_kinds: set[str] = set()
+        self.fallback_kinds: dict[str, str] = {}  # kind -> the kind whose table priced it
         self._decode_table = None
+        self._decode_curves: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if isinstance(self.arch, Decoder):
             a, b, c, d = self.arch.decode_attention_terms(self.dtype, self.tp)
             self._dec_terms = (a, b, c, d)
@@ -124,8 +167,11 @@ class ModelCost:
         flops = 0
         nbytes = 0
         for op in ops:
-            seconds, measured = operator_cost(op, self.profile, self.dtype, self.tp)
-            (self.calibrated_kinds if measured else self.uncalibrated_kinds).add(op.kind)
+            seconds, measured = operator_cost(op, self.profile, self.dtype, self.tp, self.ep)
+            if measured and op.fallback is not None and self.profile.table(op.kind, self.dtype, op.variant) is None:
+                self.fallback_kinds[op.kind] = op.fallback[0]
+            else:
+                (self.calibrated_kinds if measured else self.uncalibrated_kinds).add(op.kind)
             total += seconds
             flops += round(op.flops * op.count)
             nbytes += round(op.bytes * op.count)
@@ -165,9 +211,18 @@ class ModelCost:
         key = (n_tokens, n_seqs)
         cached = self._dense_cache.get(key)
         if cached is None:
-            assert isinstance(self.arch, Decoder)
-            cached = self._sum(self.arch.dense_operators(n_tokens, n_seqs, self.dtype, self.tp))
-            self._dense_cache[key] = cached
+            tokens = self._token_cache.get(n_tokens)
+            if tokens is None:
+                assert isinstance(self.arch, Decoder)
+                ops = self.arch.dense_operators(n_tokens, 0, self.dtype, self.tp, self.ep, self.deployment.skew)
+                tokens = self._token_cache[n_tokens] = self._sum(ops)
+            seqs = self._seq_cache.get(n_seqs)
+            if seqs is None:
+                assert isinstance(self.arch, Decoder)
+                seqs = self._seq_cache[n_seqs] = self._sum(
+                    self.arch.sequence_operators(n_seqs, self.dtype, self.tp, self.ep)
+                )
+            cached = self._dense_cache[key] = (tokens[0] + seqs[0], tokens[1] + seqs[1], tokens[2] + seqs[2])
         return cached
 
     def dense_s(self, n_tokens: int, n_seqs: int) -> float:
@@ -189,17 +244,25 @@ class ModelCost:
         """Seconds of :meth:`prefill_attention`."""
         return self.prefill_attention(q_len, kv_len)[0]
 
+    def _local(self, n_seqs: int, kv_tokens: np.ndarray) -> tuple[int, np.ndarray]:
+        """The busiest expert-parallel device's share of a decode batch (all of it without EP)."""
+        if self.ep == 1:
+            return n_seqs, kv_tokens
+        local = -(-n_seqs // self.ep)
+        return local, kv_tokens * (local / n_seqs)
+
     def decode_attention_s(self, n_seqs: int, kv_tokens: np.ndarray) -> np.ndarray:
         """Seconds of decode attention for ``n_seqs`` sequences holding ``kv_tokens`` keys in
         total, elementwise over an array of KV totals (one per iteration)."""
         assert isinstance(self.arch, Decoder)
+        n_seqs, kv_tokens = self._local(n_seqs, kv_tokens)
         table = self._decode_table
         if table is not None:
             b, d = self._dec_bytes
-            coords = np.empty((len(kv_tokens), 2))
-            coords[:, 0] = n_seqs * self._kv_heads
-            coords[:, 1] = kv_tokens / n_seqs
-            return self.arch.layers * table.time_s(coords, b * kv_tokens + d * n_seqs)
+            curve = self._decode_curves.get(n_seqs)
+            if curve is None:  # the batch coordinate is fixed: interpolate along the KV length only
+                curve = self._decode_curves[n_seqs] = table.along_last((n_seqs * self._kv_heads,))
+            return self.arch.layers * table.time_along_s(curve, kv_tokens / n_seqs, b * kv_tokens + d * n_seqs)
         fa, fc, ba, bd = self._dec
         per_layer = np.maximum(fa * kv_tokens + fc * n_seqs, ba * kv_tokens + bd * n_seqs)
         return self.arch.layers * (self.profile.launch_overhead_s + per_layer)
@@ -213,46 +276,103 @@ class ModelCost:
         nbytes = np.rint(layers * (b * kv_tokens + d * n_seqs)).astype(np.int64)
         return flops, nbytes
 
+    # ---- pipeline parallelism ------------------------------------------------------------
+
+    def _stage_transfer_s(self, tokens: int) -> float:
+        """Seconds to send one micro-batch's activations (``tokens`` x hidden) to the next stage."""
+        assert isinstance(self.arch, Decoder)
+        nbytes = tokens * self.arch.hidden * DTYPE_BYTES[self.dtype]
+        curve = self.profile.collective(self._stage_link_name, "sendrecv", 2)
+        return curve.time_s(nbytes) if curve is not None else self._stage_link.transfer_s(nbytes)
+
+    def _pipeline_s(self, stage_s: float | np.ndarray, microbatches: int, tokens: int) -> float | np.ndarray:
+        """A GPipe-style schedule: ``microbatches`` micro-batches through ``pp`` stages of
+        ``stage_s`` each (the full model's time / ``pp``), with ``pp - 1`` bubbles and the
+        last micro-batch's stage-to-stage transfers on the critical path."""
+        pp = self.pp
+        return (microbatches + pp - 1) * stage_s + (pp - 1) * self._stage_transfer_s(tokens)
+
+    # ---- whole iterations ----------------------------------------------------------------
+
+    def _decode_once_s(self, n_seqs: int, kv_tokens: np.ndarray) -> np.ndarray:
+        return self.dense_s(n_seqs, n_seqs) + self.decode_attention_s(n_seqs, kv_tokens)
+
     def decode_steps_s(self, n_seqs: int, kv_tokens: np.ndarray) -> np.ndarray:
         """Seconds of each of a run of pure-decode iterations of ``n_seqs`` sequences.
 
         ``kv_tokens[i]`` is the batch's total KV length attended in iteration ``i``. This is
         the one function both the coalesced and the step-by-step engine use, so the two give
-        bit-identical times.
+        bit-identical times. With pipeline parallelism the batch is split into micro-batches
+        of ``ceil(n_seqs / microbatches)`` sequences.
         """
-        return self.dense_s(n_seqs, n_seqs) + self.decode_attention_s(n_seqs, kv_tokens)
+        if self.pp == 1:
+            return self._decode_once_s(n_seqs, kv_tokens)
+        m = min(self._microbatches, n_seqs)
+        size = -(-n_seqs // m)
+        stage = self._decode_once_s(size, kv_tokens * (size / n_seqs)) / self.pp
+        return np.asarray(self._pipeline_s(stage, m, size))
 
     def decode_steps_work(self, n_seqs: int, kv_tokens: np.ndarray) -> tuple[int, int]:
-        """Total FLOPs and bytes (exact integers) of a run of pure-decode iterations."""
+        """Total FLOPs and bytes (exact integers) of a run of pure-decode iterations, on the
+        busiest device of an expert-parallel group (the whole replica otherwise)."""
         _, dense_flops, dense_bytes = self.dense(n_seqs, n_seqs)
-        flops, nbytes = self.decode_attention_work(n_seqs, kv_tokens)
         k = len(kv_tokens)
-        return k * dense_flops + int(flops.sum()), k * dense_bytes + int(nbytes.sum())
+        a, b, c, d = self._dec_terms
+        if self.ep == 1 and all(float(x).is_integer() for x in (a, b, c, d)):
+            # integer terms: the sum over the run's KV totals in closed form, exactly
+            kv_sum = int(round(float(kv_tokens.sum()))) if k < 2**20 else int(kv_tokens.astype(np.int64).sum())
+            layers = self.arch.layers  # type: ignore[attr-defined]
+            flops = layers * (int(a) * kv_sum + int(c) * n_seqs * k)
+            nbytes = layers * (int(b) * kv_sum + int(d) * n_seqs * k)
+            return k * dense_flops + flops, k * dense_bytes + nbytes
+        f_arr, b_arr = self.decode_attention_work(*self._local(n_seqs, kv_tokens))
+        return k * dense_flops + int(f_arr.sum()), k * dense_bytes + int(b_arr.sum())
+
+    def _iteration_once(self, prefills: Sequence[tuple[int, int]], n_decode: int, decode_kv: float) -> Cost:
+        """One mixed iteration of the whole model on one stage-set (no pipelining)."""
+        kv = np.array([float(decode_kv)])
+        n_tokens = n_decode + sum(q for q, _ in prefills)
+        total, flops, nbytes = self.dense(n_tokens, n_decode + len(prefills))
+        attention = [self.prefill_attention(q_len, kv_len) for q_len, kv_len in prefills]
+        seconds = [a[0] for a in attention]
+        # expert parallelism: each prefill runs on one device of the group
+        total += max(max(seconds, default=0.0), sum(seconds) / self.ep) if self.ep > 1 else sum(seconds)
+        flops += sum(a[1] for a in attention)
+        nbytes += sum(a[2] for a in attention)
+        if n_decode:
+            total += float(self.decode_attention_s(n_decode, kv)[0])
+            f_arr, b_arr = self.decode_attention_work(*self._local(n_decode, kv))
+            flops += int(f_arr[0])
+            nbytes += int(b_arr[0])
+        return total, flops, nbytes
 
     def iteration(self, prefills: Sequence[tuple[int, int]], n_decode: int, decode_kv_tokens: int) -> Cost:
         """Seconds, FLOPs and bytes of one mixed iteration.
 
         ``prefills``: ``(q_len, kv_len)`` of each request prefilling in it (``kv_len`` = its
         past plus ``q_len``); ``n_decode`` requests decode one token each, attending
-        ``decode_kv_tokens`` keys in total.
+        ``decode_kv_tokens`` keys in total. With pipeline parallelism the requests are dealt
+        round-robin into micro-batches and the slowest sets the pipeline's pace.
         """
         kv = np.array([float(decode_kv_tokens)])
         if not prefills:
             flops, nbytes = self.decode_steps_work(n_decode, kv)
             return float(self.decode_steps_s(n_decode, kv)[0]), flops, nbytes
-        n_tokens = n_decode + sum(q for q, _ in prefills)
-        total, flops, nbytes = self.dense(n_tokens, n_decode + len(prefills))
-        for q_len, kv_len in prefills:
-            seconds, f, b = self.prefill_attention(q_len, kv_len)
-            total += seconds
-            flops += f
-            nbytes += b
-        if n_decode:
-            total += float(self.decode_attention_s(n_decode, kv)[0])
-            f_arr, b_arr = self.decode_attention_work(n_decode, kv)
-            flops += int(f_arr[0])
-            nbytes += int(b_arr[0])
-        return total, flops, nbytes
+        if self.pp == 1:
+            return self._iteration_once(prefills, n_decode, decode_kv_tokens)
+        m = max(1, min(self._microbatches, len(prefills) + n_decode))
+        costs = []
+        tokens = []
+        for g in range(m):
+            group = list(prefills[g::m])
+            dec = n_decode // m + (1 if g < n_decode % m else 0)
+            if not group and not dec:
+                continue
+            costs.append(self._iteration_once(group, dec, decode_kv_tokens * (dec / n_decode) if dec else 0))
+            tokens.append(dec + sum(q for q, _ in group))
+        stage = max(c[0] for c in costs) / self.pp
+        seconds = float(self._pipeline_s(stage, len(costs), max(tokens)))
+        return seconds, sum(c[1] for c in costs), sum(c[2] for c in costs)
 
     def iteration_s(self, prefills: Sequence[tuple[int, int]], n_decode: int, decode_kv_tokens: int) -> float:
         """Seconds of :meth:`iteration`."""

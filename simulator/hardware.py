@@ -350,7 +350,7 @@ def available_profiles() -> dict[str, Path]:
     return {p.stem: p for p in sorted(data_dir("hardware_profiles").glob("*.yaml"))}
 
 
-_CACHE: dict[Path, HardwareProfile] = {}
+_CACHE: dict[tuple[Path, int], HardwareProfile] = {}
 
 
 def _sibling(path: Path, name: str, field: str) -> Path:
@@ -374,8 +374,9 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
             f" (or give a path to a profile YAML)"
         )
     path = path.resolve()
-    if path in _CACHE:
-        return _CACHE[path]
+    key = (path, path.stat().st_mtime_ns)  # a profile rewritten in place is read again
+    if key in _CACHE:
+        return _CACHE[key]
     raw_bytes = path.read_bytes()
     try:
         raw = yaml.safe_load(raw_bytes)
@@ -407,5 +408,5 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
         )
     profile._path = path
     profile._sha256 = digest.hexdigest()
-    _CACHE[path] = profile
+    _CACHE[key] = profile
     return profile

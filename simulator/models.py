@@ -21,10 +21,13 @@ MLP columns Megatron-style, with two all-reduces per transformer layer.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+
+import numpy as np
 
 __all__ = [
     "CNN",
@@ -95,10 +98,15 @@ def _elementwise(
     count: int = 1,
     flops_per_element: float = 1.0,
     kind: str = "elementwise",
+    variant: str = "",
 ) -> Operator:
-    """A memory-bound operator touching ``tensors`` tensors of ``elements`` elements."""
+    """A memory-bound operator touching ``tensors`` tensors of ``elements`` elements.
+
+    ``variant`` names which elementwise operation it is (``add``, ``act``, ``rope``), so that a
+    profile measuring them apart prices each from its own table (falling back to the kind's
+    generic one)."""
     nbytes = tensors * elements * b
-    return Operator(name, kind, flops_per_element * elements, nbytes, count, (max(1, int(nbytes)),))
+    return Operator(name, kind, flops_per_element * elements, nbytes, count, (max(1, int(nbytes)),), variant)
 
 
 class Architecture(ABC):
@@ -391,71 +399,80 @@ class Decoder(Architecture):
         kv_heads = max(1, self.kv_heads // tp)
         return float(2 * self.layers * kv_heads * self.head_dim * dtype_bytes(dtype))
 
-    def dense_operators(self, n_tokens: int, n_seqs: int, dtype: str, tp: int = 1) -> list[Operator]:
-        """Every operator of one iteration except attention.
+    def dense_operators(
+        self, n_tokens: int, n_seqs: int, dtype: str, tp: int = 1, ep: int = 1, skew: float = 0.0
+    ) -> list[Operator]:
+        """Every operator of one iteration except attention, on one device.
 
         ``n_tokens`` new tokens in the batch (prompt chunks plus one per decoding request);
         ``n_seqs`` sequences that emit a token (the LM head runs on one row per sequence).
+        With expert parallelism over ``ep`` devices (MoE only), attention and the dense layers
+        are data-parallel (each device takes ``1/ep`` of the tokens), each device holds
+        ``experts/ep`` experts, tokens are dispatched to their experts and combined back by two
+        all-to-alls per layer, and the step waits for the busiest device's experts under a
+        routing distribution of Zipf skew ``skew`` (:func:`expert_loads`).
         """
         b = dtype_bytes(dtype)
-        h, hd, n_l, t = self.hidden, self.head_dim, self.layers, n_tokens
+        h, hd, n_l = self.hidden, self.head_dim, self.layers
+        t = -(-n_tokens // ep)  # this device's share (the busiest one's)
+        s = -(-n_seqs // ep)
         q_heads, kv_heads = self.heads // tp, max(1, self.kv_heads // tp)
         ops = [
             _elementwise("embedding", t * h, b, tensors=2, kind="embedding"),
             _elementwise("input_norm", t * h, b, tensors=2, count=n_l, flops_per_element=4, kind="norm"),
             _gemm("qkv_proj", t, (q_heads + 2 * kv_heads) * hd, h, b, n_l),
-            _elementwise("rope", t * (q_heads + kv_heads) * hd, b, tensors=2, count=n_l, flops_per_element=6),
+            _elementwise(
+                "rope", t * (q_heads + kv_heads) * hd, b, tensors=2, count=n_l, flops_per_element=6, variant="rope"
+            ),
             _elementwise("kv_cache_append", t * 2 * kv_heads * hd, b, tensors=2, count=n_l),
             _gemm("o_proj", t, h, q_heads * hd, b, n_l),
             _elementwise("post_norm", t * h, b, tensors=2, count=n_l, flops_per_element=4, kind="norm"),
-            _elementwise("residual_add", t * h, b, tensors=3, count=2 * n_l),
+            _elementwise("residual_add", t * h, b, tensors=3, count=2 * n_l, variant="add"),
         ]
         f = self.ffn // tp
         if self.experts == 1:
             ops += [
                 _gemm("mlp_up_gate", t, 2 * f, h, b, n_l),
-                _elementwise("mlp_act", t * f, b, tensors=3, count=n_l, flops_per_element=5),
+                _elementwise("mlp_act", t * f, b, tensors=3, count=n_l, flops_per_element=5, variant="act"),
                 _gemm("mlp_down", t, h, f, b, n_l),
             ]
         else:
-            ops += self._moe_operators(t, f, b)
-        ops += [
-            _elementwise("final_norm", n_seqs * h, b, tensors=2, flops_per_element=4, kind="norm"),
-            _gemm("lm_head", n_seqs, self.vocab // tp, h, b),
-        ]
+            ops += self._moe_operators(n_tokens, t, f, b, ep, skew)
         if tp > 1:
             ops.append(Operator("allreduce", "allreduce", 0.0, float(t * h * b), 2 * n_l, (t * h * b,)))
-        return ops
+        return ops + self.sequence_operators(n_seqs, dtype, tp, ep)
 
-    def _moe_operators(self, t: int, f: int, b: int) -> list[Operator]:
-        """Router, expert GEMMs and activation for ``t`` tokens with uniform top-k routing."""
-        h, e, k, n_l = self.hidden, self.experts, self.top_k, self.layers
-        assignments = t * k
-        distinct = e * (1.0 - (1.0 - k / e) ** t)  # expected experts hit by t tokens
-        weight_bytes = distinct * 3 * h * f * b
-        act_bytes = assignments * (h + 2 * f + f + h) * b
-        hit = max(1, round(distinct))
-        per_expert = max(1, math.ceil(assignments / hit))  # tokens per expert GEMM (uniform routing)
+    def sequence_operators(self, n_seqs: int, dtype: str, tp: int = 1, ep: int = 1) -> list[Operator]:
+        """The operators of :meth:`dense_operators` that depend only on the number of sequences
+        emitting a token (final norm and LM head); the rest depend only on the tokens."""
+        if n_seqs <= 0:
+            return []
+        b = dtype_bytes(dtype)
+        s = -(-n_seqs // ep)
         return [
-            _gemm("moe_router", t, e, h, b, n_l),
-            Operator(
-                "moe_experts_up_gate",
-                "gemm",
-                2.0 * assignments * 2 * f * h / hit,
-                (weight_bytes * 2 / 3 + act_bytes / 2) / hit,
-                n_l * hit,
-                (per_expert, 2 * f, h),
-            ),
-            _elementwise("moe_act", assignments * f, b, tensors=3, count=n_l, flops_per_element=5),
-            Operator(
-                "moe_experts_down",
-                "gemm",
-                2.0 * assignments * f * h / hit,
-                (weight_bytes / 3 + act_bytes / 2) / hit,
-                n_l * hit,
-                (per_expert, h, f),
-            ),
+            _elementwise("final_norm", s * self.hidden * 1.0, b, tensors=2, flops_per_element=4, kind="norm"),
+            _gemm("lm_head", s, self.vocab // tp, self.hidden, b),
         ]
+
+    def _moe_operators(self, tokens: int, local: int, f: int, b: int, ep: int, skew: float) -> list[Operator]:
+        """Router, the busiest device's expert GEMMs and activation, and (``ep > 1``) the
+        dispatch and combine all-to-alls, for ``tokens`` tokens in the batch (``local`` of them
+        on this device)."""
+        h, k, n_l = self.hidden, self.top_k, self.layers
+        ops = [_gemm("moe_router", local, self.experts, h, b, n_l)]
+        for slot, (p_hit, rows) in enumerate(expert_loads(self.experts, k, tokens, ep, skew)):
+            m = max(1, round(rows))
+            # an expert is run (and its weights read) only in the fraction p_hit of steps it is hit
+            up = _gemm(f"moe_expert{slot}_up_gate", m, 2 * f, h, b, n_l)
+            down = _gemm(f"moe_expert{slot}_down", m, h, f, b, n_l)
+            act = _elementwise(f"moe_expert{slot}_act", m * f, b, tensors=3, count=n_l, flops_per_element=5)
+            for op in (up, act, down):
+                ops.append(Operator(op.name, op.kind, op.flops * p_hit, op.bytes * p_hit, op.count, op.shape))
+        if ep > 1:
+            nbytes = float(local * k * h * b)
+            ops.append(Operator("moe_dispatch", "alltoall", 0.0, nbytes, n_l, (int(nbytes),)))
+            ops.append(Operator("moe_combine", "alltoall", 0.0, nbytes, n_l, (int(nbytes),)))
+        return ops
 
     def prefill_attention(self, q_len: int, kv_len: int, dtype: str, tp: int = 1) -> Operator:
         """Causal attention of ``q_len`` new tokens over ``kv_len`` keys (past + new), all layers."""
@@ -721,3 +738,31 @@ def dlrm_criteo_terabyte() -> Recommendation:
         bottom_mlp=[512, 256, 64],
         top_mlp=[512, 512, 256, 1],
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def expert_loads(experts: int, top_k: int, tokens: int, ep: int, skew: float) -> tuple[tuple[float, float], ...]:
+    """The expected load of each expert on the busiest of ``ep`` devices, for ``tokens`` tokens
+    each routed to ``top_k`` experts.
+
+    Routing draws each token's experts from a Zipf distribution over experts,
+    ``p_e ~ (e + 1) ** -skew`` (``skew = 0``: uniform); experts are spread round-robin over the
+    devices. For each of 256 draws (a fixed seed: the cost model stays a pure function) the
+    device with the most tokens is the step's critical path; its experts, sorted by load, are
+    averaged across draws. Returns, per expert slot of that device, ``(p_hit, rows)``: the
+    probability the slot has any token and its mean token count when it does.
+    """
+    rng = np.random.default_rng(0)
+    p = (np.arange(experts) + 1.0) ** -skew
+    p /= p.sum()
+    draws = 256
+    counts = rng.multinomial(tokens * top_k, p, size=draws)  # (draws, experts)
+    per_device = counts.reshape(draws, -1, ep) if experts % ep == 0 else None
+    if per_device is None:
+        raise ValueError(f"{experts} experts do not split evenly over {ep} devices")
+    busiest = per_device.sum(axis=1).argmax(axis=1)  # experts e, e+ep, ... live on device e % ep
+    loads = np.sort(per_device[np.arange(draws), :, busiest], axis=1)[:, ::-1]  # (draws, experts/ep)
+    hit = loads > 0
+    p_hit = hit.mean(axis=0)
+    rows = np.where(hit.any(axis=0), (loads * hit).sum(axis=0) / np.maximum(hit.sum(axis=0), 1), 0.0)
+    return tuple((float(a), float(r)) for a, r in zip(p_hit, rows, strict=True) if a > 0)

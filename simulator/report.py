@@ -1072,12 +1072,17 @@ def _header(results: Results) -> list[tuple[str, str]]:
     )
     rows.append(("Hardware profile", _e(", ".join(profiles))))
     kinds = sorted({k for c in configs for k in (c.get("cost_model", {}) or {}).get("uncalibrated_kinds", []) or []})
+    fallbacks = {
+        k: v for c in configs for k, v in ((c.get("cost_model", {}) or {}).get("fallback_kinds", {}) or {}).items()
+    }
     profile_calibrated = any((c.get("cost_model", {}) or {}).get("calibrated") for c in configs)
-    if not kinds:
-        cost = "calibrated: every operator priced from measured efficiency tables"
+    if not kinds and not fallbacks:
+        cost = "calibrated: every operator priced from measured tables"
     else:
         which = "partly calibrated" if profile_calibrated else "uncalibrated"
-        cost = f"{which}: {', '.join(kinds)} priced by the roofline with the profile's default efficiencies"
+        notes = [f"{', '.join(kinds)} priced by the roofline with the profile's default efficiencies"] if kinds else []
+        notes += [f"{k} priced from the measured {v} table" for k, v in sorted(fallbacks.items())]
+        cost = f"{which}: " + "; ".join(notes)
     rows.append(("Cost model", _e(cost)))
     models = []
     for name, dep in ((configs[0].get("experiment", {}) or {}).get("models", {}) or {}).items():

@@ -88,6 +88,19 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
     pq.write_table(table, path, compression="zstd")
 
 
+def _cost_note(result: SimulationResult) -> str:
+    """How the run's operators were priced, in one sentence."""
+    parts = []
+    if result.uncalibrated:
+        parts.append(
+            f"{', '.join(result.uncalibrated)} priced by the roofline with the profile's default"
+            " efficiencies (uncalibrated)"
+        )
+    if result.fallbacks:
+        parts.append("; ".join(f"{k} priced from the measured {v} table" for k, v in sorted(result.fallbacks.items())))
+    return "; ".join(parts) if parts else "every operator priced from measured tables"
+
+
 def _resolved_config(run: RunSpec, resolved: ResolvedRun, result: SimulationResult) -> dict[str, Any]:
     experiment = run.resolved()
     for name, plan in resolved.models.items():
@@ -117,11 +130,8 @@ def _resolved_config(run: RunSpec, resolved: ResolvedRun, result: SimulationResu
         "cost_model": {
             "calibrated": profile.calibrated,
             "uncalibrated_kinds": result.uncalibrated,
-            "note": (
-                "every operator priced by the roofline with the profile's stated default efficiencies (uncalibrated)"
-            )
-            if result.uncalibrated
-            else "all operators calibrated",
+            "fallback_kinds": result.fallbacks,
+            "note": _cost_note(result),
         },
         "cluster": {
             "nodes": resolved.cluster.nodes,
@@ -146,7 +156,9 @@ def write_run(out_dir: Path, run: RunSpec, resolved: ResolvedRun, result: Simula
     frame = requests_frame(result.table)
     _write_parquet(frame, tmp / "requests.parquet")
     _write_parquet(result.timeseries, tmp / "timeseries.parquet")
-    summary = summarize(frame, result.replicas, result.sim_end_s, result.wall_s, result.events)
+    summary = summarize(
+        frame, result.replicas, result.sim_end_s, result.wall_s, result.events, result.itl_counts, result.timeseries
+    )
     summary = {
         "run_id": run.run_id,
         **summary,

@@ -136,6 +136,27 @@ class GridTable:
             acc = acc + weight * self.log_rate[tuple(index)]
         return np.exp2(acc)
 
+    def along_last(self, fixed: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+        """For a 2-D table: the log2 axis of the second coordinate and the log2 rate along it,
+        blended at the first coordinate ``fixed[0]`` (so that a query varying only in the second
+        coordinate is a 1-D interpolation: see :meth:`time_along_s`)."""
+        if self.ndim != 2:
+            raise ValueError("along_last needs a 2-D table")
+        axis0 = self._log_axes[0]
+        if len(axis0) == 1:
+            return self._log_axes[1], self.log_rate[0].astype(np.float64)
+        x = min(max(math.log2(max(float(fixed[0]), 1.0)), float(axis0[0])), float(axis0[-1]))
+        lo = min(max(int(np.searchsorted(axis0, x, side="right")) - 1, 0), len(axis0) - 2)
+        frac = (x - axis0[lo]) / (axis0[lo + 1] - axis0[lo])
+        return self._log_axes[1], (1.0 - frac) * self.log_rate[lo] + frac * self.log_rate[lo + 1]
+
+    def time_along_s(self, curve: tuple[np.ndarray, np.ndarray], second: np.ndarray, work: np.ndarray) -> np.ndarray:
+        """Seconds of operators at a fixed first coordinate (``curve`` from :meth:`along_last`)
+        and the given second coordinates (vectorised: the same arithmetic for every element)."""
+        axis, values = curve
+        x = np.log2(np.maximum(second, 1.0))
+        return np.maximum(self.floor_s, work / np.exp2(np.interp(x, axis, values)))
+
     def time_s(self, coords: np.ndarray, work: np.ndarray) -> np.ndarray:
         """Predicted seconds of operators with ``work`` at ``coords`` (vectorised)."""
         return np.maximum(self.floor_s, np.asarray(work, dtype=np.float64) / self.rate(coords))

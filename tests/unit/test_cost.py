@@ -11,8 +11,22 @@ from simulator.models import Operator, llama2_7b, resnet50
 
 
 @pytest.fixture
-def a100():
-    return load_profile("a100-sxm-80gb")
+def a100(tmp_path):
+    """A datasheet-only A100 profile with fixed efficiencies (independent of the shipped one)."""
+    import yaml
+
+    from simulator.hardware import available_profiles
+
+    data = yaml.safe_load(available_profiles()["a100-sxm-80gb"].read_text())
+    for key in ("tables", "measured_peaks"):
+        data.pop(key, None)
+    data["provenance"] = {"status": "datasheet", "sources": ["test"]}
+    data["device"]["kernel_launch_overhead_us"] = 4.0
+    data["efficiency"] = {"source": "test", "compute": {"default": 0.6, "gemm": 0.7}, "memory": {"default": 0.85}}
+    data["node"]["intra_node"] = {"name": "nvlink3", "bandwidth_gb_per_s": 300, "latency_us": 2.0}
+    path = tmp_path / "a100-datasheet.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_profile(path)
 
 
 def test_operator_is_overhead_plus_the_larger_of_compute_and_memory(a100):

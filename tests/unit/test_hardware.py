@@ -10,17 +10,21 @@ from simulator.hardware import available_profiles, load_profile
 
 
 def _write(tmp_path, mutate):
-    data = yaml.safe_load(available_profiles()["a100-sxm-80gb"].read_text())
+    data = yaml.safe_load(available_profiles()["h100-sxm-80gb"].read_text())  # datasheet-only
     mutate(data)
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
 
 
-def test_shipped_profiles_load_and_say_they_are_datasheet_only():
-    for name in ("a100-sxm-80gb", "h100-sxm-80gb"):
-        p = load_profile(name)
-        assert p.provenance.status == "datasheet" and not p.calibrated
+def test_shipped_profiles_say_what_is_measured():
+    h100 = load_profile("h100-sxm-80gb")
+    assert h100.provenance.status == "datasheet" and not h100.calibrated
+    a100 = load_profile("a100-sxm-80gb")
+    assert a100.provenance.status == "fitted" and a100.calibrated
+    assert a100.provenance.measured is not None and a100.provenance.measured.host == "published measurements"
+    assert any("Vidur" in s for s in a100.provenance.sources)
+    for p in (h100, a100):
         assert len(p.sha256) == 64
 
 
