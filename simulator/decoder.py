@@ -50,8 +50,7 @@ ITL_NBINS = 9 * ITL_BINS_PER_DECADE
 
 def itl_bins(values_s: np.ndarray) -> np.ndarray:
     """Histogram bin of each inter-token latency (vectorised; the one binning both engines use)."""
-    with np.errstate(divide="ignore"):
-        idx = np.floor((np.log10(np.maximum(values_s, 1e-12)) - ITL_LOG10_MIN_S) * ITL_BINS_PER_DECADE)
+    idx = np.floor((np.log10(np.maximum(values_s, 1e-12)) - ITL_LOG10_MIN_S) * ITL_BINS_PER_DECADE)
     return np.clip(idx, 0, ITL_NBINS - 1).astype(np.intp)
 
 
@@ -85,8 +84,6 @@ class DecoderReplica(Replica):
         self._pending_s = 0.0  # swap copies to add to the next iteration
         self._jump_ends: np.ndarray | None = None
         self._jump_accounted = 0
-        self._jump_kv: np.ndarray | None = None
-        self._jump_held: np.ndarray | None = None
         self._jump_base_used = 0
         self.itl_counts = np.zeros(ITL_NBINS, dtype=np.int64)
         self.preemptions = 0
@@ -329,13 +326,21 @@ class DecoderReplica(Replica):
             if not self.running:
                 yield from self._idle(now, decision.wake_at_s)
                 continue
+            quiet = not (decision.admit or decision.drop or decision.preempt or self._pending_s or self._prefill)
+            if quiet and self._coalesce and self._kv.available_blocks >= len(self.running):
+                # a pure-decode run whose first iteration surely fits: its blocks are allocated
+                # when it ends (the same blocks, and the same evictions, as stepping would take)
+                self._busy(now)
+                done = yield from self._decode_run(now, decision.wake_at_s, planned=False)
+                if done:
+                    self._finish(done, env.now)
+                continue
             chunks = self._plan(decision, now)
             if not self.running:
                 continue
             self._busy(now)
-            quiet = not (chunks or decision.admit or decision.drop or decision.preempt or self._pending_s)
-            if quiet and not self._prefill and self._coalesce:
-                done = yield from self._decode_run(now, decision.wake_at_s)
+            if quiet and not chunks and not self._pending_s and self._coalesce:  # _plan may have swapped
+                done = yield from self._decode_run(now, decision.wake_at_s, planned=True)
             else:
                 if self._request_level and chunks:
                     pad = max(r.prefill_target for r, _ in chunks)
@@ -356,7 +361,7 @@ class DecoderReplica(Replica):
         """Add inter-token latencies to the histogram; return their maximum."""
         if not len(itls):
             return -math.inf
-        np.add.at(self.itl_counts, itl_bins(itls), weight)
+        self.itl_counts += np.bincount(itl_bins(itls), minlength=ITL_NBINS) * weight
         return float(itls.max())
 
     def _emit(self, req: Request, end: float, itl: float) -> None:
@@ -410,23 +415,31 @@ class DecoderReplica(Replica):
     # ---- coalesced decode runs -------------------------------------------------------------
 
     def _run_blocks(self, m: int) -> int:
-        """Blocks a coalesced run allocates for its first ``m`` iterations."""
-        assert self._jump_kv is not None and self._jump_held is not None
+        """Blocks the running requests need, beyond those they hold, to run ``m`` more decode
+        iterations (from the state at the start of the current coalesced run)."""
         block = self._block
-        need = -((-(self._jump_kv + m)) // block) - self._jump_held
-        return int(np.maximum(need, 0).sum())
+        total = 0
+        for req in self.running:
+            extra = -(-(req.kv_tokens + m) // block) - self._held(req)
+            if extra > 0:
+                total += extra
+        return total
 
-    def _decode_run(self, now: float, wake_at_s: float | None) -> Generator[simpy.Event, Any, list[Request]]:
-        """Run pure-decode iterations (see the module docstring); return the finished requests."""
+    def _decode_run(
+        self, now: float, wake_at_s: float | None, planned: bool
+    ) -> Generator[simpy.Event, Any, list[Request]]:
+        """Run pure-decode iterations (see the module docstring); return the finished requests.
+
+        ``planned``: :meth:`_plan` already allocated the first iteration's blocks (otherwise
+        every block of the run is allocated at its end)."""
         env = self._env
         running = self.running
         n = self._n_dec
         k = min(r.stop_tokens - r.generated_tokens for r in running)
-        self._jump_kv = np.array([r.kv_tokens for r in running], dtype=np.int64)
-        self._jump_held = np.array([self._held(r) for r in running], dtype=np.int64)
         available = self._kv.available_blocks
-        if self._run_blocks(k) > available:  # the largest run whose blocks are all available
-            lo, hi = 1, k  # _plan made sure iteration 1 fits
+        # cheap bound first: no request needs more than k // block + 1 new blocks in k iterations
+        if n * (k // self._block + 1) > available and self._run_blocks(k) > available:
+            lo, hi = 1, k  # iteration 1 fits (planned, or enough blocks for one each)
             while lo < hi:
                 mid = (lo + hi + 1) // 2
                 if self._run_blocks(mid) <= available:
@@ -460,34 +473,47 @@ class DecoderReplica(Replica):
             if boundary > t:
                 yield env.timer_at(boundary)
         self._account_jump(env.now)
+        self._jump_ends = None
         ends = ends[:m]
-        # blocks for the m iterations, allocated as stepping would have (same LRU evictions)
-        block = self._block
-        for req, kv_tokens, held in zip(running, self._jump_kv.tolist(), self._jump_held.tolist(), strict=True):
-            extra = blocks_for(kv_tokens + m, block) - held
-            if extra > 0:
-                self._kv.allocate(extra)
-                req.kv_blocks += extra
-        self._jump_ends = self._jump_kv = self._jump_held = None
         flops, nbytes = self._cost.decode_steps_work(n, kv[:m])
         self.flops += flops
         self.bytes_moved += nbytes
         # inter-token latencies: each request's first gap, then the run's iteration durations
-        first = ends[0] - np.array([r.last_token_s for r in running])
-        biggest = self._record_itls(first)
-        if m > 1:
-            gaps = np.diff(ends)
-            biggest = max(biggest, self._record_itls(gaps, weight=n))
+        first_end = float(ends[0])
+        last_end = float(ends[-1])
+        shared = running[0].last_token_s
+        if all(r.last_token_s == shared for r in running):  # the usual case: one first gap for all
+            gaps = np.diff(np.concatenate(([shared], ends)))
+            widest = self._record_itls(gaps, weight=n)
+            firsts = None
+        else:
+            firsts = first_end - np.array([r.last_token_s for r in running])
+            self._record_itls(firsts)
+            widest = self._record_itls(np.diff(ends), weight=n) if m > 1 else -math.inf
+        # blocks for the m iterations, allocated as stepping would have (same LRU evictions)
+        block = self._block
+        extra_total = 0
         done = []
-        for req, gap in zip(running, first.tolist(), strict=True):
+        for i, req in enumerate(running):
+            extra = -(-(req.kv_tokens + m) // block) - self._held(req)
+            if extra > 0:
+                req.kv_blocks += extra
+                extra_total += extra
             req.kv_tokens += m
             req.generated_tokens += m
-            worst = max(gap, float(np.max(np.diff(ends))) if m > 1 else gap)
+            if firsts is not None:
+                gap = float(firsts[i])
+                worst = gap if gap > widest else widest
+            else:
+                worst = widest
             if not worst <= req.max_itl_s:
                 req.max_itl_s = worst
-            req.last_token_s = float(ends[-1])
+            req.last_token_s = last_end
             if req.generated_tokens >= req.stop_tokens:
                 done.append(req)
+        if extra_total:
+            ok = self._kv.allocate(extra_total)
+            assert ok, "a coalesced run was bounded by the blocks available"
         self._dec_kv += m * n
         return done
 

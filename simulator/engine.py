@@ -68,6 +68,7 @@ class SimulationResult:
     warnings: list[str] = field(default_factory=list)
     uncalibrated: list[str] = field(default_factory=list)
     itl_counts: np.ndarray | None = None
+    fallbacks: dict[str, str] = field(default_factory=dict)
 
 
 class Simulation:
@@ -162,6 +163,7 @@ class Simulation:
             self.rejections[reason] = self.rejections.get(reason, 0) + 1
         table.preemptions[i] = req.preemptions
         table.cached_tokens[i] = req.cached_tokens
+        table.truncated_tokens[i] = req.truncated_tokens
         self.finished += 1
         if self.finished == len(table):
             self._all_done.succeed()
@@ -299,6 +301,7 @@ class Simulation:
             warnings=warnings,
             uncalibrated=uncalibrated,
             itl_counts=itl if any(isinstance(r, DecoderReplica) for r in self.replicas) else None,
+            fallbacks={k: v for m in self.resolved.models.values() for k, v in m.cost.fallback_kinds.items()},
         )
 
     def _stalled(self) -> str:

@@ -16,8 +16,14 @@ row per request that arrived, with a final status, in seconds (columns in
 
 The summary: counts per status; ``throughput_rps`` and ``goodput_rps`` = completed and
 SLO-meeting requests per second of ``makespan_s`` (first arrival to last final status);
-mean/p50/p90/p99 of e2e, ttft, tpot and queue time over completed requests; utilisation =
-busy time / simulated time averaged over replicas; simulated and wall seconds; events.
+mean/p50/p90/p99 of e2e, ttft, tpot, queue time and normalised latency over completed
+requests; utilisation = busy time / simulated time averaged over replicas; simulated and wall
+seconds; events. For decoders also: the inter-token latencies' mean and percentiles (every gap
+between two consecutive output tokens of every request, from a log-binned histogram: 20 bins
+per decade, so within 12%), preemptions, recomputed tokens and swapped bytes, the prefix-cache
+hit rate (cached prompt tokens / prompt tokens of completed requests), KV-cache utilisation
+(mean and max over the timeseries samples), and MFU and MBU: FLOPs and bytes executed over
+(simulated time x devices x the datasheet peak), averaged over replicas.
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ REQUEST_COLUMNS = {
     "max_itl_s": "s: the longest gap between two consecutive output tokens (nan: fewer than 2)",
     "preemptions": "times the request was preempted",
     "cached_tokens": "prompt tokens served from the prefix cache",
+    "truncated_tokens": "tokens cut to fit the model's context (context_overflow: truncate)",
 }
 
 _PERCENTILES = (50, 90, 99)
@@ -110,6 +117,7 @@ def requests_frame(table: RequestTable) -> pd.DataFrame:
             "max_itl_s": table.max_itl_s,
             "preemptions": table.preemptions.astype(np.int32),
             "cached_tokens": table.cached_tokens.astype(np.int64),
+            "truncated_tokens": table.truncated_tokens.astype(np.int64),
         }
     )
 
@@ -134,14 +142,60 @@ def _block(df: pd.DataFrame, makespan: float) -> dict[str, Any]:
         "slo_attainment": float(df["slo_met"].mean()) if len(df) else None,
         "output_tokens_per_s": float(completed["output_tokens"].sum()) / makespan if makespan > 0 else None,
     }
-    for col in ("e2e_s", "ttft_s", "tpot_s", "queue_s"):
+    for col in ("e2e_s", "ttft_s", "tpot_s", "queue_s", "normalized_latency_s"):
         for stat, value in latency_stats(completed[col].to_numpy()).items():
             out[f"{col.removesuffix('_s')}_{stat}_s"] = value
+    if "preemptions" in df:
+        out["truncated_requests"] = int((df["truncated_tokens"] > 0).sum())
+        out["preemptions"] = int(df["preemptions"].sum())
+        prompts = int(completed["input_tokens"].sum())
+        out["prefix_cached_tokens"] = int(completed["cached_tokens"].sum())
+        out["prefix_hit_rate"] = out["prefix_cached_tokens"] / prompts if prompts else None
+    return out
+
+
+def itl_stats(counts: np.ndarray | None) -> dict[str, float | None]:
+    """Mean and p50/p90/p99 of the inter-token latencies in a histogram of
+    :func:`simulator.decoder.itl_bins` (each bin represented by its geometric centre)."""
+    from simulator.decoder import ITL_BINS_PER_DECADE, ITL_LOG10_MIN_S
+
+    keys = ["itl_mean_s", *(f"itl_p{p}_s" for p in _PERCENTILES)]
+    if counts is None or counts.sum() == 0:
+        return dict.fromkeys(keys)
+    centres = 10 ** (ITL_LOG10_MIN_S + (np.arange(len(counts)) + 0.5) / ITL_BINS_PER_DECADE)
+    cum = np.cumsum(counts) / counts.sum()
+    out: dict[str, float | None] = {"itl_mean_s": float((centres * counts).sum() / counts.sum())}
+    for p in _PERCENTILES:
+        out[f"itl_p{p}_s"] = float(centres[int(np.searchsorted(cum, p / 100.0))])
+    return out
+
+
+def _kv_stats(replicas: list[dict[str, Any]], timeseries: pd.DataFrame | None) -> dict[str, Any]:
+    """KV-cache and work figures of decoder replicas (empty for other models)."""
+    decoders = [r for r in replicas if r.get("kv_blocks")]
+    if not decoders:
+        return {}
+    out: dict[str, Any] = {
+        "recomputed_tokens": sum(r["recomputed_tokens"] for r in decoders),
+        "swapped_bytes": sum(r["swapped_bytes"] for r in decoders),
+        "mfu_mean": float(np.mean([r["mfu"] for r in decoders])) if decoders[0].get("mfu") is not None else None,
+        "mbu_mean": float(np.mean([r["mbu"] for r in decoders])) if decoders[0].get("mbu") is not None else None,
+    }
+    if timeseries is not None and "kv_utilization" in timeseries and len(timeseries):
+        util = timeseries["kv_utilization"].dropna()
+        out["kv_utilization_mean"] = float(util.mean()) if len(util) else None
+        out["kv_utilization_max"] = float(util.max()) if len(util) else None
     return out
 
 
 def summarize(
-    df: pd.DataFrame, replicas: list[dict[str, Any]], sim_end_s: float, wall_s: float, events: int
+    df: pd.DataFrame,
+    replicas: list[dict[str, Any]],
+    sim_end_s: float,
+    wall_s: float,
+    events: int,
+    itl_counts: np.ndarray | None = None,
+    timeseries: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """The ``summary.json`` figures of one run (see the module docstring)."""
     n = len(df)
@@ -157,6 +211,8 @@ def summarize(
         "queue_length_mean": (
             sum(r["queue_area"] for r in replicas) / sim_end_s if replicas and sim_end_s > 0 else None
         ),
+        **(itl_stats(itl_counts) if itl_counts is not None else {}),
+        **_kv_stats(replicas, timeseries),
         "simulated_s": sim_end_s,
         "wall_s": wall_s,
         "events": events,

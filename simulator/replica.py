@@ -142,8 +142,21 @@ class Replica:
             return "context_length"
         return None
 
+    def _truncate(self, req: Request) -> None:
+        """Cut an over-long request to the model's context (prompt first, from the left)."""
+        limit = self._context_limit
+        if not limit or req.input_tokens + req.output_tokens <= limit or self.plan.context_overflow != "truncate":
+            return
+        before = req.input_tokens + req.output_tokens
+        req.output_tokens = min(req.output_tokens, limit - 1)
+        req.input_tokens = limit - req.output_tokens if self.autoregressive else min(req.input_tokens, limit)
+        req.prefill_target = req.input_tokens
+        req.stop_tokens = req.output_tokens
+        req.truncated_tokens = before - req.input_tokens - req.output_tokens
+
     def submit(self, req: Request, now: float) -> None:
         """Enqueue an arriving request (or reject it), and wake the loop if it waits."""
+        self._truncate(req)
         reason = self.accepts(req)
         if reason is None and self._admit is not None and not self._admit(req, self, now):
             reason = "admission"

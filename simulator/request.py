@@ -35,8 +35,8 @@ class RequestTable:
     ``prefix_ids`` sliced by ``prefix_offsets`` (``n + 1`` offsets; no object per request).
     Result columns (filled by the engine): ``replica``, ``status``, ``start_s``,
     ``first_token_s``, ``completion_s``, ``final_s``, ``preemptions``, ``cached_tokens``
-    (prompt tokens served from the prefix cache) and ``max_itl_s`` (longest gap between two
-    consecutive output tokens).
+    (prompt tokens served from the prefix cache), ``max_itl_s`` (longest gap between two
+    consecutive output tokens) and ``truncated_tokens`` (cut to fit the model's context).
     """
 
     arrival_s: np.ndarray
@@ -62,6 +62,7 @@ class RequestTable:
     preemptions: np.ndarray = field(init=False)
     cached_tokens: np.ndarray = field(init=False)
     max_itl_s: np.ndarray = field(init=False)
+    truncated_tokens: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         n = len(self.arrival_s)
@@ -89,6 +90,7 @@ class RequestTable:
         self.preemptions = np.zeros(n, dtype=np.int32)
         self.cached_tokens = np.zeros(n, dtype=np.int64)
         self.max_itl_s = np.full(n, np.nan)
+        self.truncated_tokens = np.zeros(n, dtype=np.int64)
         if (self.prefix_ids is None) != (self.prefix_offsets is None):
             raise ValueError("prefix_ids and prefix_offsets come together")
         if self.prefix_offsets is not None and len(self.prefix_offsets) != n + 1:
@@ -141,6 +143,7 @@ class Request:
         "swapped_blocks",
         "tenant",
         "tpot_slo_s",
+        "truncated_tokens",
         "ttft_slo_s",
     )
 
@@ -182,6 +185,7 @@ class Request:
         self.swapped_blocks = 0  # blocks in host memory while swapped out
         self.preemptions = 0
         self.cached_tokens = 0
+        self.truncated_tokens = 0
         self.max_itl_s = math.nan
         self.last_token_s = math.nan
         self.queue_key = 0.0
