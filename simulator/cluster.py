@@ -2,9 +2,10 @@
 
 Built from a hardware profile: ``nodes`` nodes of ``devices_per_node`` devices, an
 intra-node link (NVLink, PCIe) inside each node, the network between nodes, and a host link
-per node. Each replica of a model takes ``tensor_parallel`` devices of one node; a device
-holds at most one replica (sharing a device is a later feature). Placement is first-fit in
-the order models are declared. Every device's memory plan (weights, activation reserve, KV
+per node. Each replica of a model takes ``tensor_parallel x pipeline_parallel x
+expert_parallel`` devices: one node's when they fit in one, otherwise whole pipeline stages
+on several nodes. A device holds at most one replica (sharing a device is a later feature).
+Placement is first-fit in the order models are declared. Every device's memory plan (weights, activation reserve, KV
 cache) must fit its memory times the deployment's utilisation fraction, or the experiment is
 refused with the numbers that did not fit.
 """
@@ -46,12 +47,19 @@ class Device:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where one replica runs: its devices (all on ``node``)."""
+    """Where one replica runs: its devices, stage by stage, and the node of each pipeline
+    stage (``node`` is the first stage's)."""
 
     replica_id: int
     model: str
     node: int
     devices: tuple[int, ...]
+    stage_nodes: tuple[int, ...] = ()
+
+    @property
+    def spans_nodes(self) -> bool:
+        """Whether the replica's pipeline stages sit on more than one node."""
+        return len(set(self.stage_nodes)) > 1
 
 
 @dataclass
@@ -70,44 +78,58 @@ class Cluster:
         profile: HardwareProfile,
         nodes: int | None,
         devices_per_node: int | None,
-        demands: list[tuple[str, int, int]],
+        demands: list[tuple[str, int, int, int]],
         where: str,
     ) -> Cluster:
         """Build a cluster and place replicas.
 
-        ``demands``: ``(model, replicas, devices_per_replica)`` in declaration order. With
-        ``nodes=None`` the cluster gets as many nodes as first-fit placement needs.
+        ``demands``: ``(model, replicas, stage_devices, stages)`` in declaration order, where a
+        replica is ``stages`` pipeline stages of ``stage_devices`` devices (its tensor- and
+        expert-parallel group, which must share a node). A replica that fits in one node is
+        placed whole on the first node with room; a larger one stage by stage, each stage on
+        the first node with room for it. With ``nodes=None`` the cluster gets as many nodes as
+        placement needs.
         """
         per_node = devices_per_node or profile.node.devices_per_node
-        for model, _, tp in demands:
-            if tp > per_node:
+        for model, _, group, _ in demands:
+            if group > per_node:
                 raise ConfigError(
-                    f"{where}: models.{model}.tensor_parallel ({tp}) exceeds the devices per node"
-                    f" ({per_node}): a tensor-parallel group must fit inside one node"
+                    f"{where}: models.{model}: a pipeline stage needs {group} devices"
+                    f" (tensor_parallel x expert_parallel) but a node has {per_node}: a stage's"
+                    f" tensor- and expert-parallel group must fit inside one node"
                 )
         free: list[int] = []  # free devices per node
-        plan: list[tuple[str, int, tuple[int, ...]]] = []
-        for model, replicas, tp in demands:
+
+        def take(count: int) -> tuple[int, tuple[int, ...]]:
+            node = next((i for i, f in enumerate(free) if f >= count), None)
+            if node is None:
+                if nodes is not None and len(free) >= nodes:
+                    need = sum(r * g * s for _, r, g, s in demands)
+                    parts = ", ".join(f"{m}: {r} x {g * s}" for m, r, g, s in demands)
+                    raise ConfigError(
+                        f"{where}: cluster.nodes ({nodes}) x {per_node} devices cannot hold the"
+                        f" replicas: they need {need} devices ({parts})"
+                    )
+                free.append(per_node)
+                node = len(free) - 1
+            first = node * per_node + (per_node - free[node])
+            free[node] -= count
+            return node, tuple(range(first, first + count))
+
+        plan: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
+        for model, replicas, group, stages in demands:
             for _ in range(replicas):
-                node = next((i for i, f in enumerate(free) if f >= tp), None)
-                if node is None:
-                    if nodes is not None and len(free) >= nodes:
-                        need = sum(r * t for _, r, t in demands)
-                        raise ConfigError(
-                            f"{where}: cluster.nodes ({nodes}) x {per_node} devices cannot hold the"
-                            f" replicas: they need {need} devices"
-                            f" ({', '.join(f'{m}: {r} x {t}' for m, r, t in demands)})"
-                        )
-                    free.append(per_node)
-                    node = len(free) - 1
-                first = node * per_node + (per_node - free[node])
-                plan.append((model, node, tuple(range(first, first + tp))))
-                free[node] -= tp
+                if group * stages <= per_node:
+                    node, devs = take(group * stages)
+                    plan.append((model, (node,) * stages, devs))
+                    continue
+                placed = [take(group) for _ in range(stages)]
+                plan.append((model, tuple(n for n, _ in placed), tuple(d for _, ds in placed for d in ds)))
         n_nodes = nodes if nodes is not None else max(1, len(free))
         cluster = cls(profile, n_nodes, per_node)
         cluster.devices = [Device(i, i // per_node, profile.memory_bytes) for i in range(n_nodes * per_node)]
-        for rid, (model, node, devs) in enumerate(plan):
-            cluster.placements.append(Placement(rid, model, node, devs))
+        for rid, (model, stage_nodes, devs) in enumerate(plan):
+            cluster.placements.append(Placement(rid, model, stage_nodes[0], devs, stage_nodes))
             for d in devs:
                 cluster.devices[d].replica = rid
         return cluster

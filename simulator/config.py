@@ -335,16 +335,29 @@ class KVCacheSpec(_Spec):
 
 class DeploymentSpec(_Spec):
     """One served model: its architecture (default: the deployment's name), replicas, dtype,
-    tensor parallelism, batching and scheduling policies, and the fraction of device memory it
-    may use (as vLLM's ``gpu_memory_utilization``). A request longer than the model's context
-    (``input_tokens + output_tokens``) is rejected, or, with ``context_overflow: truncate``,
-    its prompt is cut from the left to fit (and its output too if that alone does not fit);
-    either way it is counted."""
+    parallelism, batching and scheduling policies, and the fraction of device memory it may use
+    (as vLLM's ``gpu_memory_utilization``).
+
+    Parallelism: ``tensor_parallel`` devices split each layer (Megatron-style, two all-reduces
+    per layer); ``pipeline_parallel`` stages split the layers, an iteration flowing through
+    them as ``pipeline_microbatches`` micro-batches (default: one per stage) with send/recv
+    between stages, which may sit on different nodes; ``expert_parallel`` devices share a
+    mixture-of-experts model's experts (attention data-parallel over them, dispatch and
+    combine all-to-alls, the step waiting for the busiest device under Zipf
+    ``moe_routing_skew``). Data parallelism is ``replicas``.
+
+    A request longer than the model's context (``input_tokens + output_tokens``) is rejected,
+    or, with ``context_overflow: truncate``, its prompt is cut from the left to fit (and its
+    output too if that alone does not fit); either way it is counted."""
 
     architecture: str | None = None
     replicas: int | None = Field(default=None, gt=0)
     dtype: str | None = None
     tensor_parallel: int = Field(default=1, gt=0)
+    pipeline_parallel: int = Field(default=1, gt=0)
+    pipeline_microbatches: int | None = Field(default=None, gt=0)
+    expert_parallel: int = Field(default=1, gt=0)
+    moe_routing_skew: float = Field(default=0.0, ge=0)
     batching: PolicySpec = PolicySpec(policy="none")
     scheduling: PolicySpec = PolicySpec(policy="fcfs")
     memory_utilization: float = Field(default=0.9, gt=0, le=1)

@@ -320,7 +320,7 @@ class ModelCost:
         a, b, c, d = self._dec_terms
         if self.ep == 1 and all(float(x).is_integer() for x in (a, b, c, d)):
             # integer terms: the sum over the run's KV totals in closed form, exactly
-            kv_sum = int(round(float(kv_tokens.sum()))) if k < 2**20 else int(kv_tokens.astype(np.int64).sum())
+            kv_sum = round(float(kv_tokens.sum())) if k < 2**20 else int(kv_tokens.astype(np.int64).sum())
             layers = self.arch.layers  # type: ignore[attr-defined]
             flops = layers * (int(a) * kv_sum + int(c) * n_seqs * k)
             nbytes = layers * (int(b) * kv_sum + int(d) * n_seqs * k)

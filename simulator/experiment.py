@@ -69,6 +69,8 @@ class ModelPlan:
     kv: KVConfig | None = None
     preemption: str = "recompute"
     context_overflow: str = "reject"
+    devices_per_replica: int = 1
+    stage_devices: int = 1  # devices of one pipeline stage (they share a node)
 
     @property
     def kv_capacity_tokens(self) -> int:
@@ -241,13 +243,24 @@ def _activation_bytes(arch: Architecture, dtype: str, tp: int, batching: PolicyP
 
 
 def _kv_config(
-    arch: Decoder, dtype: str, tp: int, profile: HardwareProfile, dep: Any, weights: float, activations: float
+    arch: Decoder,
+    dtype: str,
+    deployment: Deployment,
+    profile: HardwareProfile,
+    dep: Any,
+    weights: float,
+    activations: float,
 ) -> KVConfig:
-    """Size a decoder replica's paged KV cache as vLLM does (see :mod:`simulator.kvcache`)."""
+    """Size a decoder replica's paged KV cache as vLLM does (see :mod:`simulator.kvcache`).
+
+    A block holds ``block_tokens`` tokens of the layers of one pipeline stage (``1/pp`` of
+    them) and the KV heads of one tensor-parallel shard; with expert parallelism each of the
+    ``ep`` devices holds the KV of its own sequences, so the replica has ``ep`` times the
+    blocks of one device."""
     spec = dep.kv_cache
-    block_bytes = spec.block_tokens * arch.kv_bytes_per_token(dtype, tp)
+    block_bytes = spec.block_tokens * arch.kv_bytes_per_token(dtype, deployment.tp) / deployment.pp
     free = profile.memory_bytes * dep.memory_utilization - weights - activations - spec.reserve_gib * GIB
-    blocks = max(0, int(free // block_bytes))
+    blocks = max(0, int(free // block_bytes)) * deployment.ep
     return KVConfig(
         total_blocks=blocks,
         block_tokens=spec.block_tokens,
@@ -256,6 +269,33 @@ def _kv_config(
         cpu_blocks=int(spec.swap_space_gib * GIB // block_bytes),
         prefix_block_tokens=spec.prefix_block_tokens if spec.prefix_caching else 0,
     )
+
+
+def _check_pp_ep(arch: Architecture, dep: Any, where: str) -> None:
+    """Pipeline and expert parallelism: decoders only; experts split evenly; EP without TP."""
+    pp, ep = dep.pipeline_parallel, dep.expert_parallel
+    if (pp > 1 or ep > 1) and not isinstance(arch, Decoder):
+        raise ConfigError(
+            f"{where}: pipeline_parallel ({pp}) and expert_parallel ({ep}) are modelled for decoder"
+            f" LLMs; {arch.name} is a {arch.family}"
+        )
+    if isinstance(arch, Decoder):
+        if pp > arch.layers:
+            raise ConfigError(f"{where}: pipeline_parallel ({pp}) exceeds the {arch.layers} layers of {arch.name}")
+        if ep > 1:
+            if arch.experts == 1:
+                raise ConfigError(
+                    f"{where}: expert_parallel ({ep}) needs a mixture-of-experts model; {arch.name} has no experts"
+                )
+            if arch.experts % ep:
+                raise ConfigError(
+                    f"{where}: expert_parallel ({ep}) must divide the {arch.experts} experts of {arch.name}"
+                )
+            if dep.tensor_parallel > 1:
+                raise ConfigError(
+                    f"{where}: expert_parallel ({ep}) with tensor_parallel ({dep.tensor_parallel}) is not"
+                    f" modelled: with EP, attention is data-parallel over the EP devices"
+                )
 
 
 def _check_tp(arch: Architecture, tp: int, where: str) -> None:
@@ -314,16 +354,31 @@ def resolve(run: RunSpec) -> ResolvedRun:
         except ConfigError as exc:
             raise ConfigError(f"{where}.dtype: {exc}") from None
         _check_tp(arch, dep.tensor_parallel, where)
+        _check_pp_ep(arch, dep, where)
         batching = _policy(BATCHING, dep.batching, source, ("models", name, "batching"))
         scheduling = _policy(SCHEDULING, dep.scheduling, source, ("models", name, "scheduling"))
-        tp = dep.tensor_parallel
-        weights = arch.weight_bytes(dtype, tp)
+        tp, pp, ep = dep.tensor_parallel, dep.pipeline_parallel, dep.expert_parallel
+        per_node = spec.cluster.devices_per_node or profile.node.devices_per_node
+        if tp * ep > per_node:
+            what = f"{where}.tensor_parallel ({tp})" + (f" x expert_parallel ({ep})" if ep > 1 else "")
+            raise ConfigError(
+                f"{what} exceeds the devices per"
+                f" node ({per_node}): a pipeline stage's tensor- and expert-parallel group must fit inside one"
+                f" node (pipeline stages may span nodes)"
+            )
+        deployment = Deployment(
+            arch, dtype, tp, pp, ep, dep.moe_routing_skew, dep.pipeline_microbatches, cross_node=tp * pp * ep > per_node
+        )
+        if isinstance(arch, Decoder):
+            weights = arch.weight_bytes_per_device(dtype, tp, pp, ep)
+        else:
+            weights = arch.weight_bytes(dtype, tp)
         activations, max_batch = _activation_bytes(arch, dtype, tp, batching)
         kv_config = None
         kv_bytes = 0.0
         if isinstance(arch, Decoder):
-            kv_config = _kv_config(arch, dtype, tp, profile, dep, weights, activations)
-            kv_bytes = kv_config.total_blocks * kv_config.block_bytes
+            kv_config = _kv_config(arch, dtype, deployment, profile, dep, weights, activations)
+            kv_bytes = kv_config.total_blocks * kv_config.block_bytes / ep
         memory = MemoryPlan(weights, activations + dep.kv_cache.reserve_gib * GIB, kv_bytes)
         check_fits(memory, profile, dep.memory_utilization, where, needs_kv=isinstance(arch, Decoder))
         models[name] = ModelPlan(
@@ -332,7 +387,9 @@ def resolve(run: RunSpec) -> ResolvedRun:
             dtype=dtype,
             tp=tp,
             replicas=dep.replicas or spec.cluster.replicas,
-            cost=ModelCost(Deployment(arch, dtype, tp), profile),
+            cost=ModelCost(deployment, profile),
+            devices_per_replica=deployment.devices,
+            stage_devices=tp * ep,
             batching=batching,
             scheduling=scheduling,
             memory=memory,
@@ -347,7 +404,7 @@ def resolve(run: RunSpec) -> ResolvedRun:
         profile,
         spec.cluster.nodes,
         spec.cluster.devices_per_node,
-        [(m.name, m.replicas, m.tp) for m in models.values()],
+        [(m.name, m.replicas, m.stage_devices, m.devices_per_replica // m.stage_devices) for m in models.values()],
         source,
     )
     for placement in cluster.placements:

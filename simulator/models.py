@@ -387,6 +387,20 @@ class Decoder(Architecture):
         layer = attn + mlp + 2 * h
         return 2 * self.vocab * h + self.layers * layer + h
 
+    def expert_param_count(self) -> int:
+        """Parameters in the experts of the MoE layers (0 for a dense model)."""
+        return 3 * self.hidden * self.ffn * self.experts * self.layers if self.experts > 1 else 0
+
+    def weight_bytes_per_device(self, dtype: str, tp: int = 1, pp: int = 1, ep: int = 1) -> float:
+        """Weight bytes on one device: the layers split over ``pp`` stages and ``tp``
+        tensor-parallel shards; with ``ep`` expert parallelism each device keeps the non-expert
+        weights whole and ``1/ep`` of the experts."""
+        b = dtype_bytes(dtype)
+        experts = self.expert_param_count()
+        if ep > 1:
+            return ((self.param_count() - experts) + experts / ep) * b / pp
+        return self.param_count() * b / (tp * pp)
+
     def active_param_count(self) -> int:
         """Parameters used per token (``top_k`` experts of each MoE layer)."""
         if self.experts == 1:
@@ -415,7 +429,6 @@ class Decoder(Architecture):
         b = dtype_bytes(dtype)
         h, hd, n_l = self.hidden, self.head_dim, self.layers
         t = -(-n_tokens // ep)  # this device's share (the busiest one's)
-        s = -(-n_seqs // ep)
         q_heads, kv_heads = self.heads // tp, max(1, self.kv_heads // tp)
         ops = [
             _elementwise("embedding", t * h, b, tensors=2, kind="embedding"),

@@ -137,7 +137,13 @@ def _resolved_config(run: RunSpec, resolved: ResolvedRun, result: SimulationResu
             "nodes": resolved.cluster.nodes,
             "devices_per_node": resolved.cluster.devices_per_node,
             "replicas": [
-                {"replica": p.replica_id, "model": p.model, "node": p.node, "devices": list(p.devices)}
+                {
+                    "replica": p.replica_id,
+                    "model": p.model,
+                    "node": p.node,
+                    "stage_nodes": list(p.stage_nodes),
+                    "devices": list(p.devices),
+                }
                 for p in resolved.cluster.placements
             ],
         },

@@ -198,3 +198,23 @@ def test_time_dependent_policy_is_exact_under_coalescing_through_wake_at():
     pd.testing.assert_frame_equal(fast_df, slow_df, check_exact=True)
     ticks = (fast_df["start_s"] / 0.1) % 1.0
     assert ((ticks < 0.02) | (ticks > 0.98)).mean() > 0.2  # admissions really followed the ticks
+
+
+@pytest.mark.parametrize(
+    "deployment",
+    [
+        {"architecture": "llama-2-70b", "tensor_parallel": 2, "pipeline_parallel": 4, "pipeline_microbatches": 2},
+        {"architecture": "mixtral-8x7b", "expert_parallel": 4, "moe_routing_skew": 1.0},
+    ],
+    ids=["pipeline", "experts"],
+)
+def test_coalesced_decoding_is_identical_to_stepping_with_model_parallelism(deployment):
+    doc = _decoder_doc(5, {"policy": "vllm", "max_num_seqs": 64}, 2, 8.0)
+    doc["models"]["llama"].update(deployment)
+    _, fast, fast_df = run_doc(doc)
+    slow_doc = copy.deepcopy(doc)
+    slow_doc["engine"]["coalesce_decode"] = False
+    _, slow, slow_df = run_doc(slow_doc)
+    pd.testing.assert_frame_equal(fast_df, slow_df, check_exact=True)
+    assert [r["busy_s"] for r in fast.replicas] == [r["busy_s"] for r in slow.replicas]
+    assert fast.events < slow.events
