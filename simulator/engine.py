@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from heapq import heappush
 from typing import Any
@@ -36,6 +36,9 @@ __all__ = ["Environment", "PolicyError", "Simulation", "SimulationResult"]
 
 #: With the default sampling interval, it doubles after this many samples.
 _SAMPLES_PER_DOUBLING = 1000
+
+#: The feeder turns table columns into Python values this many rows at a time.
+_ROWS_PER_SLICE = 65536
 
 
 class Environment(simpy.Environment):
@@ -85,6 +88,10 @@ class Simulation:
         root = np.random.SeedSequence(spec.seed)
         workload_ss, routing_ss, replica_ss = root.spawn(3)
         self.table = table if table is not None else resolved.generate_workload(workload_ss)
+        self._clients = resolved.closed_loop_clients(workload_ss) if table is None else None
+        self._issued = 0  # closed loop: rows issued so far (rows are issued in order)
+        self._pending = 0  # closed loop: next requests scheduled and not yet issued
+        self._user_of = np.zeros(len(self.table) if self._clients is not None else 0, dtype=np.int64)
         self.env = Environment()
         self.arrivals_done = False
         self.finished = 0
@@ -126,7 +133,9 @@ class Simulation:
         ]
         n = len(self.table)
         window = float(self.table.arrival_s[-1]) if n else 1.0
-        self.interval_s = spec.engine.timeseries_interval_s or (window / 200.0 if window > 0 else 1e-3)
+        if not window > 0:  # a closed loop's arrivals are not known beforehand (nan)
+            window = 0.2
+        self.interval_s = spec.engine.timeseries_interval_s or window / 200.0
         self._adaptive = spec.engine.timeseries_interval_s is None
         self._samples: dict[str, list[Any]] = {
             k: []
@@ -165,55 +174,135 @@ class Simulation:
         table.cached_tokens[i] = req.cached_tokens
         table.truncated_tokens[i] = req.truncated_tokens
         self.finished += 1
-        if self.finished == len(table):
-            self._all_done.succeed()
+        clients = self._clients
+        if clients is None:
+            if self.finished == len(table):
+                self._all_done.succeed()
+            return
+        nxt = clients.on_completion(int(self._user_of[i]), t)
+        if nxt is not None:
+            self._schedule_user(int(self._user_of[i]), nxt)
+        self._check_arrivals_over()
 
-    def _feed(self) -> Generator[simpy.Event, Any, None]:
-        env = self.env
+    def _issuer(self) -> Callable[[int, float], None]:
+        """A function ``issue(i, at)`` that makes row ``i`` of the table a request arriving at
+        ``at`` and routes it. Rows must be issued in order: the table's columns are turned
+        into Python values a slice of ``_ROWS_PER_SLICE`` rows at a time, so a run of any
+        length holds only one slice of them."""
         t = self.table
-        arrivals = t.arrival_s.tolist()
-        models = t.model.tolist()
-        tenants = t.tenant.tolist()
-        inputs = t.input_tokens.tolist()
-        samples = t.input_samples.tolist()
-        outputs = t.output_tokens.tolist()
-        prios = t.priority.tolist()
-        ttft, tpot, e2e = t.ttft_slo_s.tolist(), t.tpot_slo_s.tolist(), t.e2e_slo_s.tolist()
         model_names, tenant_names = t.model_names, t.tenant_names
         by_model, routers = self._by_model, self._routers
         prefix = t.prefix_of if t.prefix_ids is not None else None
-        for i, at in enumerate(arrivals):
-            if at > env.now:
-                yield env.timer_at(at)
-            m = models[i]
+        env = self.env
+        start = end = 0
+        cols: tuple[list[Any], ...] = ()
+
+        def issue(i: int, at: float) -> None:
+            nonlocal start, end, cols
+            if i >= end:
+                start, end = i, min(len(t), i + _ROWS_PER_SLICE)
+                cols = tuple(
+                    getattr(t, name)[start:end].tolist()
+                    for name in (
+                        "model",
+                        "tenant",
+                        "input_tokens",
+                        "input_samples",
+                        "output_tokens",
+                        "priority",
+                        "ttft_slo_s",
+                        "tpot_slo_s",
+                        "e2e_slo_s",
+                    )
+                )
+            k = i - start
+            models, tenants, inputs, samples, outputs, prios, ttft, tpot, e2e = cols
+            m = models[k]
             req = Request(
                 i,
                 model_names[m],
-                tenant_names[tenants[i]],
+                tenant_names[tenants[k]],
                 at,
-                inputs[i],
-                samples[i],
-                outputs[i],
-                prios[i],
-                ttft[i],
-                tpot[i],
-                e2e[i],
+                inputs[k],
+                samples[k],
+                outputs[k],
+                prios[k],
+                ttft[k],
+                tpot[k],
+                e2e[k],
                 prefix(i).tolist() if prefix is not None else (),
             )
             replicas = by_model[m]
             idx = routers[m].pick_replica(req, replicas, at)
             if idx is None:
                 self.finalize(req, REJECTED, at, "routing")
-                continue
+                return
             if not 0 <= idx < len(replicas):
                 raise PolicyError(
                     f"routing policy {type(routers[m]).__name__} picked replica index"
-                    f" {idx!r} of {len(replicas)} for model {model_names[m]}"
+                    f" {idx!r} of {len(replicas)} for model {model_names[m]} at t={env.now:.6f} s"
                 )
             replicas[idx].submit(req, at)
+
+        return issue
+
+    def _end_of_arrivals(self) -> None:
         self.arrivals_done = True
         for replica in self.replicas:
             replica.notify()
+
+    def _feed(self) -> Generator[simpy.Event, Any, None]:
+        """Open loop: issue the table's rows at their arrival times."""
+        env = self.env
+        issue = self._issuer()
+        arrivals = self.table.arrival_s
+        for lo in range(0, len(arrivals), _ROWS_PER_SLICE):
+            for i, at in enumerate(arrivals[lo : lo + _ROWS_PER_SLICE].tolist(), lo):
+                if at > env.now:
+                    yield env.timer_at(at)
+                issue(i, at)
+        self._end_of_arrivals()
+
+    # ---- closed-loop clients ---------------------------------------------------------------
+
+    def _start_clients(self) -> None:
+        """Closed loop: schedule each user's first request; the rest follow completions."""
+        assert self._clients is not None
+        self._issue = self._issuer()
+        users, times = self._clients.first_arrivals()
+        for user, at in zip(users.tolist(), times.tolist(), strict=True):
+            self._schedule_user(user, at)
+        self._check_arrivals_over()
+
+    def _schedule_user(self, user: int, at: float) -> None:
+        """User ``user`` issues its next request at ``at`` (one timer; no process)."""
+        self._pending += 1
+        event = self.env.timer_at(max(at, self.env.now))
+        event.callbacks.append(lambda _event: self._issue_next(user))
+
+    def _issue_next(self, user: int) -> None:
+        """A user's timer fired: its request takes the table's next row."""
+        row = self._issued
+        self._issued += 1
+        self._pending -= 1
+        now = self.env.now
+        self.table.arrival_s[row] = now
+        self._user_of[row] = user
+        self._issue(row, now)
+        self._check_arrivals_over()
+
+    def _check_arrivals_over(self) -> None:
+        """Closed loop: arrivals are over once no next request is scheduled and none can be
+        (the budget is spent, or no request is in flight to lead to one); the run is over
+        once, besides, no request is in flight."""
+        clients = self._clients
+        assert clients is not None
+        if self._pending:
+            return
+        if not self.arrivals_done and (clients.issued >= clients.budget or clients.in_flight == 0):
+            self._end_of_arrivals()
+        if clients.done and not self._all_done.triggered:
+            self._all_done.succeed()
 
     def _sample(self, now: float) -> None:
         """Append one timeseries row per replica covering (previous sample, now]."""
@@ -265,7 +354,10 @@ class Simulation:
         env = self.env
         warnings: list[str] = []
         if len(self.table):
-            env.process(self._feed())
+            if self._clients is not None:
+                self._start_clients()
+            else:
+                env.process(self._feed())
             env.process(self._sampler())
             try:
                 env.run(until=self._all_done)
@@ -274,6 +366,8 @@ class Simulation:
                     raise
                 warnings.append(self._stalled())
         self._sample(env.now)
+        if self._clients is not None:  # a duration cut the loop short: drop the unissued rows
+            self.table.truncate(self._issued)
         wall = time.perf_counter() - wall0
         uncalibrated = sorted({k for m in self.resolved.models.values() for k in m.cost.uncalibrated_kinds})
         profile = self.resolved.profile

@@ -593,18 +593,11 @@ def _check_match(match: Any, trace: Any, where: str) -> None:
 
 
 def _check_closed_loop(run: RunSpec, source: str) -> None:
-    """Closed-loop clients need a request budget and an engine that feeds completions back."""
-    from simulator import engine
-
+    """Closed-loop clients need a budget of requests."""
     if run.spec.workload.num_requests is None:
         raise ConfigError(
             f"{source}: workload.num_requests: closed-loop clients need a budget of requests"
             f" (duration_s may cut it short)"
-        )
-    if not getattr(engine.Simulation, "feeds_completions", False):
-        raise ConfigError(
-            f"{source}: workload.arrival: closed-loop clients need the engine to feed completions"
-            f" back to them, which this version of the engine does not do yet"
         )
 
 

@@ -102,6 +102,38 @@ class RequestTable:
             return _EMPTY
         return self.prefix_ids[self.prefix_offsets[i] : self.prefix_offsets[i + 1]]
 
+    def truncate(self, n: int) -> None:
+        """Keep the first ``n`` rows only (a closed loop cut short by a duration issues fewer
+        requests than its budget)."""
+        if n >= len(self):
+            return
+        for name in (
+            "arrival_s",
+            "model",
+            "tenant",
+            "input_tokens",
+            "input_samples",
+            "output_tokens",
+            "priority",
+            "ttft_slo_s",
+            "tpot_slo_s",
+            "e2e_slo_s",
+            "replica",
+            "status",
+            "start_s",
+            "first_token_s",
+            "completion_s",
+            "final_s",
+            "preemptions",
+            "cached_tokens",
+            "max_itl_s",
+            "truncated_tokens",
+        ):
+            setattr(self, name, getattr(self, name)[:n].copy())
+        if self.prefix_offsets is not None and self.prefix_ids is not None:
+            self.prefix_offsets = self.prefix_offsets[: n + 1].copy()
+            self.prefix_ids = self.prefix_ids[: int(self.prefix_offsets[-1])].copy()
+
     def __len__(self) -> int:
         return len(self.arrival_s)
 

@@ -170,6 +170,7 @@ def write_run(out_dir: Path, run: RunSpec, resolved: ResolvedRun, result: Simula
         **summary,
         "rejections": result.rejections,
         "warnings": result.warnings,
+        "workload_notes": resolved.notes,
         "profile": resolved.profile.name,
         "calibrated": not result.uncalibrated,
         "replicas": result.replicas,

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from simulator import engine
 from simulator.errors import ConfigError
 from simulator.experiment import resolve
 from simulator.registry import TRACES
@@ -312,20 +311,12 @@ ERRORS = {
         ),
         ["has its own columns"],
     ),
-    "closed-loop-not-wired": (
-        with_workload(
-            LLM, arrival={"process": "closed_loop", "users": 4, "think_time": {"mean_s": 1.0}}, rate_rps=None
-        ),
-        ["closed-loop clients need the engine to feed completions back"],
-    ),
 }
 
 
 @pytest.mark.parametrize("case", sorted(ERRORS))
 def test_workload_mistakes_name_their_place(case: str) -> None:
     doc, fragments = ERRORS[case]
-    if case == "closed-loop-not-wired" and getattr(engine.Simulation, "feeds_completions", False):
-        pytest.skip("the engine feeds completions back")
     with pytest.raises(ConfigError) as err:
         table(doc)
     msg = str(err.value)
@@ -333,8 +324,7 @@ def test_workload_mistakes_name_their_place(case: str) -> None:
     assert all(f in msg for f in fragments), msg
 
 
-def test_closed_loop_plan_once_the_engine_feeds_completions(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine.Simulation, "feeds_completions", True, raising=False)
+def test_closed_loop_plan() -> None:
     doc = with_workload(
         LLM, arrival={"process": "closed_loop", "users": 4, "think_time": {"mean_s": 1.0}}, rate_rps=None
     )
@@ -413,3 +403,17 @@ def test_plug_in_arrival_process_and_trace_reader(
     (run,) = make_runs(doc, where=str(tmp_path / "exp.yaml"))
     t = resolve(run).generate_workload(np.random.SeedSequence(1))
     assert t.arrival_s.tolist() == [0.5, 1.5, 2.0] and t.input_tokens.tolist() == [5, 5, 5]
+
+
+def test_a_trace_run_writes_what_it_read_into_its_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from tests.conftest import cli, write_yaml
+
+    doc = llm_trace({"format": "azure_llm_2023", "file": CODE}, num_requests=30)
+    exp = write_yaml(tmp_path / "trace.yaml", doc)
+    status, _, err = cli(["run", str(exp), "--out", str(tmp_path / "out")], capsys)
+    assert status == 0, err
+    (summary,) = (tmp_path / "out").rglob("summary.json")
+    notes = json.loads(summary.read_text())["workload_notes"]
+    assert any("AzureLLMInferenceTrace_code.csv" in n and "rows" in n for n in notes), notes
