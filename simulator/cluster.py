@@ -1,13 +1,16 @@
 """The simulated cluster: nodes of devices joined by links, and replicas placed on devices.
 
-Built from a hardware profile: ``nodes`` nodes of ``devices_per_node`` devices, an
-intra-node link (NVLink, PCIe) inside each node, the network between nodes, and a host link
-per node. Each replica of a model takes ``tensor_parallel x pipeline_parallel x
-expert_parallel`` devices: one node's when they fit in one, otherwise whole pipeline stages
-on several nodes. A device holds at most one replica (sharing a device is a later feature).
-Placement is first-fit in the order models are declared. Every device's memory plan (weights, activation reserve, KV
-cache) must fit its memory times the deployment's utilisation fraction, or the experiment is
-refused with the numbers that did not fit.
+Built from hardware profiles: nodes of ``devices_per_node`` devices, an intra-node link
+(NVLink, PCIe) inside each node, the network between nodes, and a host link per node. A node
+holds devices of one profile; a cluster holds the experiment's profile's nodes and, when a
+disaggregated deployment's decode pool names another device type, nodes of that profile too.
+Each replica takes ``tensor_parallel x pipeline_parallel x expert_parallel`` devices: one
+node's when they fit in one, otherwise whole pipeline stages on several nodes. A device holds
+at most one replica (sharing a device is a later feature). Placement is first-fit in the
+order models are declared (a deployment's prefill pool, then its decode pool). Every device's
+memory plan (weights, activation reserve, KV cache) must fit its memory times the
+deployment's utilisation fraction, or the experiment is refused with the numbers that did not
+fit.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass, field
 from simulator.errors import ConfigError
 from simulator.hardware import GIB, HardwareProfile
 
-__all__ = ["Cluster", "Device", "MemoryPlan", "Placement", "check_fits"]
+__all__ = ["Cluster", "Demand", "Device", "MemoryPlan", "Placement", "check_fits"]
 
 
 @dataclass(frozen=True)
@@ -46,15 +49,41 @@ class Device:
 
 
 @dataclass(frozen=True)
+class Demand:
+    """What one pool of replicas asks of the cluster: ``replicas`` replicas of ``stages``
+    pipeline stages of ``stage_devices`` devices each (a stage's tensor- and expert-parallel
+    group, which must share a node), on nodes of ``profile`` with ``devices_per_node``.
+    ``role``: ``serve`` (a whole model), ``prefill`` or ``decode`` (a disaggregated pool);
+    ``key`` names the pool's place in the experiment (``models.NAME`` or
+    ``models.NAME.decode_pool``) for messages."""
+
+    model: str
+    replicas: int
+    stage_devices: int
+    stages: int
+    profile: HardwareProfile
+    devices_per_node: int
+    role: str = "serve"
+    key: str = ""
+
+    @property
+    def devices(self) -> int:
+        """Devices one replica occupies."""
+        return self.stage_devices * self.stages
+
+
+@dataclass(frozen=True)
 class Placement:
-    """Where one replica runs: its devices, stage by stage, and the node of each pipeline
-    stage (``node`` is the first stage's)."""
+    """Where one replica runs: its devices, stage by stage, the node of each pipeline stage
+    (``node`` is the first stage's), its ``role`` and the name of its device ``profile``."""
 
     replica_id: int
     model: str
     node: int
     devices: tuple[int, ...]
     stage_nodes: tuple[int, ...] = ()
+    role: str = "serve"
+    profile: str = ""
 
     @property
     def spans_nodes(self) -> bool:
@@ -64,13 +93,18 @@ class Placement:
 
 @dataclass
 class Cluster:
-    """Nodes and devices of one profile, with replicas placed on them."""
+    """Nodes and devices, with replicas placed on them.
+
+    ``profile``/``devices_per_node`` are the experiment's device type; ``node_profiles`` gives
+    each node's (a decode pool may bring another type). ``nodes`` counts all nodes.
+    """
 
     profile: HardwareProfile
     nodes: int
     devices_per_node: int
     devices: list[Device] = field(default_factory=list)
     placements: list[Placement] = field(default_factory=list)
+    node_profiles: list[HardwareProfile] = field(default_factory=list)
 
     @classmethod
     def build(
@@ -78,65 +112,95 @@ class Cluster:
         profile: HardwareProfile,
         nodes: int | None,
         devices_per_node: int | None,
-        demands: list[tuple[str, int, int, int]],
+        demands: list[Demand],
         where: str,
     ) -> Cluster:
-        """Build a cluster and place replicas.
+        """Build a cluster and place the ``demands`` in order.
 
-        ``demands``: ``(model, replicas, stage_devices, stages)`` in declaration order, where a
-        replica is ``stages`` pipeline stages of ``stage_devices`` devices (its tensor- and
-        expert-parallel group, which must share a node). A replica that fits in one node is
-        placed whole on the first node with room; a larger one stage by stage, each stage on
-        the first node with room for it. With ``nodes=None`` the cluster gets as many nodes as
-        placement needs.
+        A replica that fits in one node is placed whole on the first node (of its profile)
+        with room; a larger one stage by stage, each stage on the first node with room for
+        it. ``nodes`` caps the nodes of the experiment's ``profile`` (``None``: as many as
+        placement needs); nodes of another profile are added as needed.
         """
         per_node = devices_per_node or profile.node.devices_per_node
-        for model, _, group, _ in demands:
-            if group > per_node:
+        for d in demands:
+            if d.stage_devices > d.devices_per_node:
                 raise ConfigError(
-                    f"{where}: models.{model}: a pipeline stage needs {group} devices"
-                    f" (tensor_parallel x expert_parallel) but a node has {per_node}: a stage's"
-                    f" tensor- and expert-parallel group must fit inside one node"
+                    f"{where}: {d.key}: a pipeline stage needs {d.stage_devices} devices"
+                    f" (tensor_parallel x expert_parallel) but a node of {d.profile.name} has"
+                    f" {d.devices_per_node}: a stage's tensor- and expert-parallel group must fit"
+                    f" inside one node"
                 )
-        free: list[int] = []  # free devices per node
+        node_profile: list[HardwareProfile] = []
+        node_size: list[int] = []
+        free: list[int] = []
 
-        def take(count: int) -> tuple[int, tuple[int, ...]]:
-            node = next((i for i, f in enumerate(free) if f >= count), None)
+        def take(d: Demand, count: int) -> tuple[int, int]:
+            """A node of ``d``'s profile with ``count`` free devices, and the first of them."""
+            node = next(
+                (i for i, f in enumerate(free) if f >= count and node_profile[i] is d.profile),
+                None,
+            )
             if node is None:
-                if nodes is not None and len(free) >= nodes:
-                    need = sum(r * g * s for _, r, g, s in demands)
-                    parts = ", ".join(f"{m}: {r} x {g * s}" for m, r, g, s in demands)
+                same = sum(1 for p in node_profile if p is d.profile)
+                if d.profile is profile and nodes is not None and same >= nodes:
+                    need = sum(x.replicas * x.devices for x in demands if x.profile is profile)
+                    parts = ", ".join(
+                        f"{x.model}{' ' + x.role if x.role != 'serve' else ''}: {x.replicas} x {x.devices}"
+                        for x in demands
+                        if x.profile is profile
+                    )
                     raise ConfigError(
                         f"{where}: cluster.nodes ({nodes}) x {per_node} devices cannot hold the"
                         f" replicas: they need {need} devices ({parts})"
                     )
-                free.append(per_node)
+                node_profile.append(d.profile)
+                node_size.append(d.devices_per_node)
+                free.append(d.devices_per_node)
                 node = len(free) - 1
-            first = node * per_node + (per_node - free[node])
+            first = node_size[node] - free[node]
             free[node] -= count
-            return node, tuple(range(first, first + count))
+            return node, first
 
-        plan: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
-        for model, replicas, group, stages in demands:
-            for _ in range(replicas):
-                if group * stages <= per_node:
-                    node, devs = take(group * stages)
-                    plan.append((model, (node,) * stages, devs))
-                    continue
-                placed = [take(group) for _ in range(stages)]
-                plan.append((model, tuple(n for n, _ in placed), tuple(d for _, ds in placed for d in ds)))
-        n_nodes = nodes if nodes is not None else max(1, len(free))
-        cluster = cls(profile, n_nodes, per_node)
-        cluster.devices = [Device(i, i // per_node, profile.memory_bytes) for i in range(n_nodes * per_node)]
-        for rid, (model, stage_nodes, devs) in enumerate(plan):
-            cluster.placements.append(Placement(rid, model, stage_nodes[0], devs, stage_nodes))
-            for d in devs:
-                cluster.devices[d].replica = rid
+        plan: list[tuple[Demand, tuple[tuple[int, int, int], ...]]] = []  # (node, first, count)
+        for d in demands:
+            for _ in range(d.replicas):
+                if d.devices <= d.devices_per_node:
+                    node, first = take(d, d.devices)
+                    plan.append((d, ((node, first, d.devices),)))
+                else:
+                    plan.append((d, tuple((*take(d, d.stage_devices), d.stage_devices) for _ in range(d.stages))))
+        if nodes is not None:  # the experiment's nodes are all there, used or not
+            while sum(1 for p in node_profile if p is profile) < nodes:
+                node_profile.append(profile)
+                node_size.append(per_node)
+                free.append(per_node)
+        if not node_profile:
+            node_profile, node_size = [profile], [per_node]
+        offsets = [0]
+        for size in node_size:
+            offsets.append(offsets[-1] + size)
+        cluster = cls(profile, len(node_profile), per_node, node_profiles=node_profile)
+        cluster.devices = [
+            Device(offsets[n] + k, n, node_profile[n].memory_bytes)
+            for n in range(len(node_size))
+            for k in range(node_size[n])
+        ]
+        for rid, (d, parts) in enumerate(plan):
+            devs = tuple(offsets[n] + first + k for n, first, count in parts for k in range(count))
+            stage_nodes = (parts[0][0],) * d.stages if len(parts) == 1 else tuple(n for n, _, _ in parts)
+            cluster.placements.append(Placement(rid, d.model, parts[0][0], devs, stage_nodes, d.role, d.profile.name))
+            for dev in devs:
+                cluster.devices[dev].replica = rid
         return cluster
+
+    def node_profile(self, node: int) -> HardwareProfile:
+        """The profile of the devices of ``node``."""
+        return self.node_profiles[node] if self.node_profiles else self.profile
 
     def reserve(self, placement: Placement, plan: MemoryPlan, utilization: float, where: str) -> None:
         """Reserve ``plan`` on each device of ``placement``; refuse if it exceeds the budget."""
-        check_fits(plan, self.profile, utilization, where)
+        check_fits(plan, self.node_profile(placement.node), utilization, where)
         for d in placement.devices:
             self.devices[d].reserved_bytes = plan.total_bytes
 

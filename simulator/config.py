@@ -41,6 +41,7 @@ from simulator.resources import find_file
 __all__ = [
     "ArrivalSpec",
     "ClusterSpec",
+    "DecodePoolSpec",
     "DeploymentSpec",
     "EngineSpec",
     "ExperimentSpec",
@@ -333,6 +334,29 @@ class KVCacheSpec(_Spec):
         return self
 
 
+class DecodePoolSpec(_Spec):
+    """The decode pool of a disaggregated deployment (Splitwise, DistServe): ``replicas``
+    instances, on devices of ``profile`` (default: the cluster's), with their own parallelism,
+    batching, scheduling, routing (default: the experiment's) and memory fraction (default:
+    the deployment's). The deployment's own replicas become the prefill pool: each request is
+    prefilled there, emits its first token, and its KV cache moves to a decode replica over
+    the link between them. ``kv_transfer``: ``after_prefill`` (DistServe: the whole cache
+    moves once the prefill ends) or ``layerwise`` (Splitwise: each layer's KV is sent as soon
+    as it is computed, so only the last layer's transfer is not hidden behind the prefill)."""
+
+    replicas: int = Field(gt=0)
+    profile: str | None = None
+    tensor_parallel: int = Field(default=1, gt=0)
+    pipeline_parallel: int = Field(default=1, gt=0)
+    pipeline_microbatches: int | None = Field(default=None, gt=0)
+    expert_parallel: int = Field(default=1, gt=0)
+    batching: PolicySpec | None = None
+    scheduling: PolicySpec | None = None
+    routing: PolicySpec | None = None
+    memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    kv_transfer: Literal["after_prefill", "layerwise"] = "after_prefill"
+
+
 class DeploymentSpec(_Spec):
     """One served model: its architecture (default: the deployment's name), replicas, dtype,
     parallelism, batching and scheduling policies, and the fraction of device memory it may use
@@ -345,6 +369,8 @@ class DeploymentSpec(_Spec):
     mixture-of-experts model's experts (attention data-parallel over them, dispatch and
     combine all-to-alls, the step waiting for the busiest device under Zipf
     ``moe_routing_skew``). Data parallelism is ``replicas``.
+
+    ``decode_pool`` disaggregates prefill and decode (:class:`DecodePoolSpec`).
 
     A request longer than the model's context (``input_tokens + output_tokens``) is rejected,
     or, with ``context_overflow: truncate``, its prompt is cut from the left to fit (and its
@@ -363,6 +389,7 @@ class DeploymentSpec(_Spec):
     memory_utilization: float = Field(default=0.9, gt=0, le=1)
     kv_cache: KVCacheSpec = KVCacheSpec()
     context_overflow: Literal["reject", "truncate"] = "reject"
+    decode_pool: DecodePoolSpec | None = None
 
 
 class EngineSpec(_Spec):

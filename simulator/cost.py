@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,16 @@ from simulator.hardware import HardwareProfile, LinkSpec
 from simulator.models import CNN, DTYPE_BYTES, Architecture, Decoder, Encoder, Operator, Recommendation
 from simulator.tables import DIMS
 
-__all__ = ["Cost", "Deployment", "ModelCost", "allreduce_s", "operator_cost", "operator_s", "roofline_s"]
+__all__ = [
+    "Cost",
+    "Deployment",
+    "ModelCost",
+    "allreduce_s",
+    "kv_transfer_s",
+    "operator_cost",
+    "operator_s",
+    "roofline_s",
+]
 
 #: Seconds, FLOPs and bytes moved (FLOPs and bytes as exact integers).
 Cost = tuple[float, int, int]
@@ -92,6 +102,32 @@ _GENERIC_VARIANT_KINDS = ("elementwise", "norm", "embedding")
 def operator_s(op: Operator, profile: HardwareProfile, dtype: str, tp: int = 1) -> float:
     """Seconds for all ``op.count`` instances of ``op`` on one device of ``profile``."""
     return operator_cost(op, profile, dtype, tp)[0]
+
+
+def kv_transfer_s(tokens: int, src: Any, dst: Any, same_node: bool) -> float:
+    """Seconds to move a request's KV cache (``tokens`` tokens of every layer) from a prefill
+    replica to a decode replica of a disaggregated deployment.
+
+    ``src``/``dst``: the two pools' plans (:class:`simulator.experiment.ModelPlan`). Each of
+    ``min(src devices, dst devices)`` device pairs moves its share at once; over the node's
+    link when both replicas sit on one node of one device type, otherwise over the network,
+    at the pace of the slower end. A measured send/recv table of the link is used when the
+    profile has one. With ``src.kv_transfer == "layerwise"`` (Splitwise) every layer's KV is
+    sent as soon as it is computed, so only the last layer's share remains after the prefill.
+    """
+    arch = src.arch
+    nbytes = tokens * arch.kv_bytes_per_token(src.dtype, 1)
+    per_stream = nbytes / max(1, min(src.devices_per_replica, dst.devices_per_replica))
+    if src.kv_transfer == "layerwise":
+        per_stream /= arch.layers
+    inside = same_node and src.profile is dst.profile
+    link_name = "intra_node" if inside else "inter_node"
+    seconds = 0.0
+    for profile in (src.profile,) if inside else (src.profile, dst.profile):
+        curve = profile.collective(link_name, "sendrecv", 2)
+        link = profile.node.intra_node if inside else profile.network.inter_node
+        seconds = max(seconds, curve.time_s(per_stream) if curve is not None else link.transfer_s(per_stream))
+    return seconds
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ import simpy
 from simulator.kvcache import KVCache, blocks_for
 from simulator.policy import BatchDecision
 from simulator.replica import Replica, waker
-from simulator.request import COMPLETED, Request
+from simulator.request import COMPLETED, REJECTED, Request
 
 if TYPE_CHECKING:
     from simulator.engine import Simulation
@@ -85,6 +85,9 @@ class DecoderReplica(Replica):
         self._jump_ends: np.ndarray | None = None
         self._jump_accounted = 0
         self._jump_base_used = 0
+        self._hands_off = plan.role == "prefill"  # a disaggregated deployment's prefill pool
+        self.in_transfer = 0  # decode pool: requests whose KV cache is on its way here
+        self.handoffs = 0
         self.itl_counts = np.zeros(ITL_NBINS, dtype=np.int64)
         self.preemptions = 0
         self.recomputed_tokens = 0
@@ -92,6 +95,14 @@ class DecoderReplica(Replica):
         super().__init__(sim, replica_id, plan, batching, scheduling, node, devices, coalesce)
 
     # ---- the view a policy reads ---------------------------------------------------------
+
+    @property
+    def arrivals_done(self) -> bool:
+        """True once no request will ever arrive again (for a decode pool: nor be handed
+        over by a prefill replica)."""
+        if self.plan.role == "decode":
+            return self._sim.decode_arrivals_done(self.model)
+        return self._sim.arrivals_done
 
     @property
     def kv_capacity_tokens(self) -> int:  # type: ignore[override]
@@ -138,17 +149,21 @@ class DecoderReplica(Replica):
 
     def kv_blocks_to_admit(self, request: Any) -> int:
         """Blocks admitting the waiting ``request`` takes from the free pool now: its swapped-out
-        blocks; or its prompt (or its reservation) minus the prefix-cache units it reuses, plus
-        those of them that were unused (pinning takes them out of the evictable pool)."""
+        blocks; the blocks of the KV cache it brings from a prefill replica (or its
+        reservation); or its prompt (or its reservation) minus the prefix-cache units it
+        reuses, plus those of them that were unused (pinning takes them out of the evictable
+        pool)."""
         if request.swapped_blocks:
             return int(request.swapped_blocks)
+        if getattr(request, "remote_kv", False):
+            return blocks_for(max(request.kv_tokens, self._reserve_tokens(request)), self._block)
         hits, idle = self._peek_units(request)
         fresh = max(0, blocks_for(self._reserve_tokens(request), self._block) - hits * self._unit_blocks)
         return fresh + idle * self._unit_blocks
 
     def prompt_tokens_to_compute(self, request: Any) -> int:
         """Prompt tokens the request's prefill still has to compute (after prefix-cache hits)."""
-        if request.swapped_blocks:
+        if request.swapped_blocks or getattr(request, "remote_kv", False):
             return 0
         if request.prefilled_tokens:
             return int(request.prefill_target - request.prefilled_tokens)
@@ -200,6 +215,17 @@ class DecoderReplica(Replica):
             req.kv_blocks, req.swapped_blocks = n, 0
             self._pending_s += self._host.transfer_s(n * kv.config.block_bytes)
             self.swapped_bytes += int(n * kv.config.block_bytes)
+            self._n_dec += 1
+            self._dec_kv += req.kv_tokens + 1
+            return
+        if req.remote_kv:  # prefilled on a prefill replica: its KV cache has arrived
+            req.remote_kv = False
+            n = blocks_for(max(req.kv_tokens, self._reserve_tokens(req)), self._block)
+            if not kv.allocate(n):
+                raise self._policy_error(
+                    f"admitted {req!r} whose {n} transferred KV blocks do not fit ({kv.available_blocks} free)"
+                )
+            req.kv_blocks = n
             self._n_dec += 1
             self._dec_kv += req.kv_tokens + 1
             return
@@ -255,6 +281,48 @@ class DecoderReplica(Replica):
             req.kv_blocks = req.prefix_units = 0
             self.outstanding -= 1
             sim.finalize(req, COMPLETED, end)
+
+    # ---- disaggregation -------------------------------------------------------------------
+
+    def _hand_off(self, req: Request, now: float) -> None:
+        """Prefill pool: ``req`` has its first token; send it (and its KV cache) to the decode
+        pool. Its blocks stay held here until the transfer ends."""
+        self.running.remove(req)
+        self._n_dec -= 1
+        self._dec_kv -= req.kv_tokens + 1
+        self.outstanding -= 1
+        self.handoffs += 1
+        blocks, units, ids = req.kv_blocks, req.prefix_units, req.prefix_ids
+        req.kv_blocks = req.prefix_units = 0
+        ready = self._sim.handoff(req, self, now)
+
+        def release(_event: simpy.Event) -> None:
+            self._kv.release(blocks)
+            self._kv.unpin_prefix(ids, units)
+            self.notify()
+
+        self._env.timer_at(ready).callbacks.append(release)
+
+    def expect(self, req: Request) -> None:
+        """Decode pool: ``req``'s KV cache is on its way here; it counts as outstanding now."""
+        self.outstanding += 1
+        self.in_transfer += 1
+
+    def receive(self, req: Request, now: float) -> None:
+        """Decode pool: the KV cache of ``req``, prefilled elsewhere, has arrived; queue it (or
+        reject it if this replica can never hold it)."""
+        self.in_transfer -= 1
+        req.remote_kv = True
+        req.replica = self.replica_id
+        reason = self.accepts(req)
+        if reason is None and self._admit is not None and not self._admit(req, self, now):
+            reason = "admission"
+        if reason is not None:
+            self.outstanding -= 1
+            self._sim.finalize(req, REJECTED, now, reason)
+            return
+        self._enqueue(req, self._key(req, now), now)
+        self.notify()
 
     # ---- planning an iteration ------------------------------------------------------------
 
@@ -407,6 +475,8 @@ class DecoderReplica(Replica):
             self._dec_kv += req.kv_tokens + 1
             if req.generated_tokens >= req.stop_tokens:
                 done.append(req)
+            elif self._hands_off:
+                self._hand_off(req, end)
         self.steps += 1
         self.step_items += n_dec + len(chunks)
         self.tokens_generated += n_dec + len(finished_prefill)
@@ -543,6 +613,8 @@ class DecoderReplica(Replica):
             kv_capacity_tokens=kv.config.capacity_tokens,
             kv_blocks=kv.config.total_blocks,
             kv_block_tokens=kv.config.block_tokens,
+            role=self.plan.role,
+            handoffs=self.handoffs,
             preemptions=self.preemptions,
             recomputed_tokens=self.recomputed_tokens,
             swapped_bytes=self.swapped_bytes,

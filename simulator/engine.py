@@ -25,6 +25,7 @@ import pandas as pd
 import simpy
 from simpy.core import NORMAL
 
+from simulator.cost import kv_transfer_s
 from simulator.decoder import ITL_NBINS, DecoderReplica
 from simulator.experiment import ResolvedRun
 from simulator.policy import instantiate
@@ -102,8 +103,8 @@ class Simulation:
         seeds = replica_ss.spawn(2 * len(placements))
         self.replicas: list[Replica] = []
         for p, (b_ss, s_ss) in zip(placements, zip(seeds[::2], seeds[1::2], strict=True), strict=True):
-            plan = resolved.models[p.model]
-            where = f"{source}: models.{plan.name}"
+            plan = resolved.models[p.model].pool(p.role)
+            where = f"{source}: models.{plan.name}" + (".decode_pool" if p.role == "decode" else "")
             batching = instantiate(
                 "batching", plan.batching.target, plan.batching.params, np.random.default_rng(b_ss), f"{where}.batching"
             )
@@ -120,7 +121,11 @@ class Simulation:
                 )
             )
         model_names = list(resolved.models)
-        self._by_model = [[r for r in self.replicas if r.model == m] for m in model_names]
+        self._model_index = {m: i for i, m in enumerate(model_names)}
+        self._by_model = [[r for r in self.replicas if r.model == m and r.plan.role != "decode"] for m in model_names]
+        self._decode_pools = [
+            [r for r in self.replicas if r.model == m and r.plan.role == "decode"] for m in model_names
+        ]
         self._routers = [
             instantiate(
                 "routing",
@@ -131,6 +136,23 @@ class Simulation:
             )
             for ss in routing_ss.spawn(len(model_names))
         ]
+        # a disaggregated deployment's decode pool has a router of its own (later seeds, so
+        # that the prefill routers' seeds do not depend on whether a decode pool exists)
+        self._decode_routers: list[Any] = []
+        for m, ss in zip(model_names, routing_ss.spawn(len(model_names)), strict=True):
+            plan = resolved.models[m]
+            routing = plan.decode_routing or resolved.routing
+            self._decode_routers.append(
+                instantiate(
+                    "routing",
+                    routing.target,
+                    routing.params,
+                    np.random.default_rng(ss),
+                    f"{source}: models.{m}.decode_pool.routing",
+                )
+                if plan.decode is not None
+                else None
+            )
         n = len(self.table)
         window = float(self.table.arrival_s[-1]) if n else 1.0
         if not window > 0:  # a closed loop's arrivals are not known beforehand (nan)
@@ -183,6 +205,43 @@ class Simulation:
         if nxt is not None:
             self._schedule_user(int(self._user_of[i]), nxt)
         self._check_arrivals_over()
+
+    def handoff(self, req: Request, src: Replica, now: float) -> float:
+        """A prefill replica of a disaggregated deployment finished ``req``'s prefill at
+        ``now``: pick a decode replica with the pool's router and start moving the KV cache
+        there; the request joins that replica's queue when the transfer ends. Returns the
+        transfer's end (``now`` if the router rejected the request)."""
+        m = self._model_index[req.model]
+        pool = self._decode_pools[m]
+        router = self._decode_routers[m]
+        idx = router.pick_replica(req, pool, now)
+        if idx is None:
+            self.finalize(req, REJECTED, now, "routing")
+            return now
+        if not 0 <= idx < len(pool):
+            raise PolicyError(
+                f"routing policy {type(router).__name__} picked decode replica index {idx!r} of {len(pool)}"
+                f" for model {req.model} at t={now:.6f} s"
+            )
+        dst = pool[idx]
+        seconds = kv_transfer_s(req.kv_tokens, src.plan, dst.plan, same_node=src.node == dst.node)
+        ready = now + seconds
+        self.table.kv_transfer_s[req.request_id] = seconds
+        self.table.prefill_replica[req.request_id] = src.replica_id
+        assert isinstance(dst, DecoderReplica)
+        dst.expect(req)
+        self.env.timer_at(ready).callbacks.append(lambda _event: dst.receive(req, ready))
+        return ready
+
+    def decode_arrivals_done(self, model: str) -> bool:
+        """True once no request will reach ``model``'s decode pool again: arrivals are over,
+        its prefill replicas hold nothing, and no KV cache is on its way."""
+        m = self._model_index[model]
+        return (
+            self.arrivals_done
+            and all(r.outstanding == 0 for r in self._by_model[m])
+            and all(r.in_transfer == 0 for r in self._decode_pools[m])  # type: ignore[attr-defined]
+        )
 
     def _issuer(self) -> Callable[[int, float], None]:
         """A function ``issue(i, at)`` that makes row ``i`` of the table a request arriving at
@@ -369,7 +428,8 @@ class Simulation:
         if self._clients is not None:  # a duration cut the loop short: drop the unissued rows
             self.table.truncate(self._issued)
         wall = time.perf_counter() - wall0
-        uncalibrated = sorted({k for m in self.resolved.models.values() for k in m.cost.uncalibrated_kinds})
+        plans = self.resolved.plans()
+        uncalibrated = sorted({k for m in plans for k in m.cost.uncalibrated_kinds})
         profile = self.resolved.profile
         replicas = []
         itl = np.zeros(ITL_NBINS, dtype=np.int64)
@@ -377,8 +437,9 @@ class Simulation:
             r.flush_stats(env.now)
             stats = r.stats()
             devices_time = env.now * len(r.devices)
-            peak = profile.peak_flops(r.plan.dtype)
-            bandwidth = profile.memory_bandwidth_bytes_per_s
+            device = r.plan.profile or profile
+            peak = device.peak_flops(r.plan.dtype)
+            bandwidth = device.memory_bandwidth_bytes_per_s
             stats["mfu"] = stats["flops"] / (devices_time * peak) if devices_time > 0 else None
             stats["mbu"] = stats["bytes"] / (devices_time * bandwidth) if devices_time > 0 else None
             replicas.append(stats)
@@ -395,7 +456,7 @@ class Simulation:
             warnings=warnings,
             uncalibrated=uncalibrated,
             itl_counts=itl if any(isinstance(r, DecoderReplica) for r in self.replicas) else None,
-            fallbacks={k: v for m in self.resolved.models.values() for k, v in m.cost.fallback_kinds.items()},
+            fallbacks={k: v for m in plans for k, v in m.cost.fallback_kinds.items()},
         )
 
     def _stalled(self) -> str:

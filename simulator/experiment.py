@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from simulator.cluster import Cluster, MemoryPlan, check_fits
+from simulator.cluster import Cluster, Demand, MemoryPlan, check_fits
 from simulator.config import ArrivalSpec, MixEntry, RunSpec, SizeSpec
 from simulator.cost import Deployment, ModelCost
 from simulator.errors import ConfigError, LdsimError, did_you_mean
@@ -71,11 +71,37 @@ class ModelPlan:
     context_overflow: str = "reject"
     devices_per_replica: int = 1
     stage_devices: int = 1  # devices of one pipeline stage (they share a node)
+    role: str = "serve"  # or "prefill"/"decode": a pool of a disaggregated deployment
+    profile: Any = None  # the HardwareProfile of its devices
+    devices_per_node: int = 0
+    decode: ModelPlan | None = None  # a disaggregated deployment's decode pool
+    kv_transfer: str = "after_prefill"
+    decode_routing: PolicyPlan | None = None  # None: the experiment's routing
 
     @property
     def kv_capacity_tokens(self) -> int:
         """Tokens the KV cache of one replica holds (0 for models without one)."""
         return self.kv.capacity_tokens if self.kv is not None else 0
+
+    def pool(self, role: str) -> ModelPlan:
+        """The plan of the pool with ``role``: its decode pool for ``"decode"``, itself otherwise."""
+        if role == "decode":
+            assert self.decode is not None
+            return self.decode
+        return self
+
+    def demand(self, key: str) -> Demand:
+        """What this pool's replicas ask of the cluster."""
+        return Demand(
+            self.name,
+            self.replicas,
+            self.stage_devices,
+            self.devices_per_replica // self.stage_devices,
+            self.profile,
+            self.devices_per_node,
+            self.role,
+            key,
+        )
 
 
 @dataclass
@@ -128,6 +154,10 @@ class ResolvedRun:
     tenants: list[str]
     notes: list[str] = field(default_factory=list)
     trace: Any = None
+
+    def plans(self) -> list[ModelPlan]:
+        """Every pool's plan: each deployment's, and its decode pool's when disaggregated."""
+        return [p for m in self.models.values() for p in (m, m.decode) if p is not None]
 
     @property
     def closed_loop(self) -> bool:
@@ -250,6 +280,7 @@ def _kv_config(
     dep: Any,
     weights: float,
     activations: float,
+    utilization: float,
 ) -> KVConfig:
     """Size a decoder replica's paged KV cache as vLLM does (see :mod:`simulator.kvcache`).
 
@@ -259,7 +290,7 @@ def _kv_config(
     blocks of one device."""
     spec = dep.kv_cache
     block_bytes = spec.block_tokens * arch.kv_bytes_per_token(dtype, deployment.tp) / deployment.pp
-    free = profile.memory_bytes * dep.memory_utilization - weights - activations - spec.reserve_gib * GIB
+    free = profile.memory_bytes * utilization - weights - activations - spec.reserve_gib * GIB
     blocks = max(0, int(free // block_bytes)) * deployment.ep
     return KVConfig(
         total_blocks=blocks,
@@ -323,6 +354,89 @@ def plugin_search_path(run: RunSpec) -> None:
             sys.path.insert(0, folder)
 
 
+def _model_plan(
+    name: str,
+    arch: Architecture,
+    dtype: str,
+    pool: Any,
+    dep: Any,
+    profile: HardwareProfile,
+    per_node: int,
+    replicas: int,
+    source: str,
+    where: str,
+    prefix: tuple[Any, ...],
+    role: str,
+) -> ModelPlan:
+    """Resolve one pool of replicas of a deployment: ``pool`` gives parallelism, policies and
+    memory fraction (the deployment itself, or its decode pool, whose unset policies and
+    memory fraction come from the deployment ``dep``); ``dep`` the KV cache and context
+    settings."""
+    try:
+        profile.peak_flops(dtype)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.dtype: {exc}" if pool is dep else f"{where}.profile: {exc}") from None
+    _check_tp(arch, pool.tensor_parallel, where)
+    _check_pp_ep(arch, pool, where)
+    batching_spec = pool.batching or dep.batching
+    scheduling_spec = pool.scheduling or dep.scheduling
+    base = prefix if pool.batching is not None else prefix[:2]
+    batching = _policy(BATCHING, batching_spec, source, (*base, "batching"))
+    base = prefix if pool.scheduling is not None else prefix[:2]
+    scheduling = _policy(SCHEDULING, scheduling_spec, source, (*base, "scheduling"))
+    utilization = pool.memory_utilization or dep.memory_utilization
+    tp, pp, ep = pool.tensor_parallel, pool.pipeline_parallel, pool.expert_parallel
+    if tp * ep > per_node:
+        what = f"{where}.tensor_parallel ({tp})" + (f" x expert_parallel ({ep})" if ep > 1 else "")
+        raise ConfigError(
+            f"{what} exceeds the devices per node ({per_node}): a pipeline stage's tensor- and"
+            f" expert-parallel group must fit inside one node (pipeline stages may span nodes)"
+        )
+    deployment = Deployment(
+        arch,
+        dtype,
+        tp,
+        pp,
+        ep,
+        dep.moe_routing_skew,
+        pool.pipeline_microbatches,
+        cross_node=tp * pp * ep > per_node,
+    )
+    if isinstance(arch, Decoder):
+        weights = arch.weight_bytes_per_device(dtype, tp, pp, ep)
+    else:
+        weights = arch.weight_bytes(dtype, tp)
+    activations, max_batch = _activation_bytes(arch, dtype, tp, batching)
+    kv_config = None
+    kv_bytes = 0.0
+    if isinstance(arch, Decoder):
+        kv_config = _kv_config(arch, dtype, deployment, profile, dep, weights, activations, utilization)
+        kv_bytes = kv_config.total_blocks * kv_config.block_bytes / ep
+    memory = MemoryPlan(weights, activations + dep.kv_cache.reserve_gib * GIB, kv_bytes)
+    check_fits(memory, profile, utilization, where, needs_kv=isinstance(arch, Decoder))
+    return ModelPlan(
+        name=name,
+        arch=arch,
+        dtype=dtype,
+        tp=tp,
+        replicas=replicas,
+        cost=ModelCost(deployment, profile),
+        devices_per_replica=deployment.devices,
+        stage_devices=tp * ep,
+        batching=batching,
+        scheduling=scheduling,
+        memory=memory,
+        memory_utilization=utilization,
+        max_batch_size=max_batch,
+        kv=kv_config,
+        preemption=dep.kv_cache.preemption,
+        context_overflow=dep.context_overflow,
+        role=role,
+        profile=profile,
+        devices_per_node=per_node,
+    )
+
+
 def resolve(run: RunSpec) -> ResolvedRun:
     """Resolve and check one run (see the module docstring). Raises :class:`ConfigError`.
 
@@ -338,6 +452,8 @@ def resolve(run: RunSpec) -> ResolvedRun:
         raise ConfigError(f"{source}: cluster.profile: {exc}") from None
 
     models: dict[str, ModelPlan] = {}
+    demands: list[Demand] = []
+    per_node = spec.cluster.devices_per_node or profile.node.devices_per_node
     for name, dep in spec.models.items():
         where = f"{source}: models.{name}"
         arch_name = dep.architecture or name
@@ -349,67 +465,61 @@ def resolve(run: RunSpec) -> ResolvedRun:
         dtype = dep.dtype or arch.default_dtype
         if dtype not in DTYPE_BYTES:
             raise ConfigError(f"{where}.dtype: unknown dtype '{dtype}'{did_you_mean(dtype, DTYPE_BYTES)}")
-        try:
-            profile.peak_flops(dtype)
-        except ConfigError as exc:
-            raise ConfigError(f"{where}.dtype: {exc}") from None
-        _check_tp(arch, dep.tensor_parallel, where)
-        _check_pp_ep(arch, dep, where)
-        batching = _policy(BATCHING, dep.batching, source, ("models", name, "batching"))
-        scheduling = _policy(SCHEDULING, dep.scheduling, source, ("models", name, "scheduling"))
-        tp, pp, ep = dep.tensor_parallel, dep.pipeline_parallel, dep.expert_parallel
-        per_node = spec.cluster.devices_per_node or profile.node.devices_per_node
-        if tp * ep > per_node:
-            what = f"{where}.tensor_parallel ({tp})" + (f" x expert_parallel ({ep})" if ep > 1 else "")
+        pool = dep.decode_pool
+        if pool is not None and not isinstance(arch, Decoder):
             raise ConfigError(
-                f"{what} exceeds the devices per"
-                f" node ({per_node}): a pipeline stage's tensor- and expert-parallel group must fit inside one"
-                f" node (pipeline stages may span nodes)"
+                f"{where}.decode_pool: disaggregated prefill and decode is for decoder LLMs; {arch.name} is a"
+                f" {arch.family}"
             )
-        deployment = Deployment(
-            arch, dtype, tp, pp, ep, dep.moe_routing_skew, dep.pipeline_microbatches, cross_node=tp * pp * ep > per_node
+        plan = _model_plan(
+            name,
+            arch,
+            dtype,
+            dep,
+            dep,
+            profile,
+            per_node,
+            dep.replicas or spec.cluster.replicas,
+            source,
+            where,
+            ("models", name),
+            role="prefill" if pool is not None else "serve",
         )
-        if isinstance(arch, Decoder):
-            weights = arch.weight_bytes_per_device(dtype, tp, pp, ep)
-        else:
-            weights = arch.weight_bytes(dtype, tp)
-        activations, max_batch = _activation_bytes(arch, dtype, tp, batching)
-        kv_config = None
-        kv_bytes = 0.0
-        if isinstance(arch, Decoder):
-            kv_config = _kv_config(arch, dtype, deployment, profile, dep, weights, activations)
-            kv_bytes = kv_config.total_blocks * kv_config.block_bytes / ep
-        memory = MemoryPlan(weights, activations + dep.kv_cache.reserve_gib * GIB, kv_bytes)
-        check_fits(memory, profile, dep.memory_utilization, where, needs_kv=isinstance(arch, Decoder))
-        models[name] = ModelPlan(
-            name=name,
-            arch=arch,
-            dtype=dtype,
-            tp=tp,
-            replicas=dep.replicas or spec.cluster.replicas,
-            cost=ModelCost(deployment, profile),
-            devices_per_replica=deployment.devices,
-            stage_devices=tp * ep,
-            batching=batching,
-            scheduling=scheduling,
-            memory=memory,
-            memory_utilization=dep.memory_utilization,
-            max_batch_size=max_batch,
-            kv=kv_config,
-            preemption=dep.kv_cache.preemption,
-            context_overflow=dep.context_overflow,
-        )
+        demands.append(plan.demand(f"models.{name}"))
+        if pool is not None:
+            pool_where = f"{where}.decode_pool"
+            pool_profile = profile
+            if pool.profile is not None:
+                try:
+                    pool_profile = load_profile(pool.profile)
+                except ConfigError as exc:
+                    raise ConfigError(f"{pool_where}.profile: {exc}") from None
+            pool_per_node = per_node if pool_profile is profile else pool_profile.node.devices_per_node
+            plan.decode = _model_plan(
+                name,
+                arch,
+                dtype,
+                pool,
+                dep,
+                pool_profile,
+                pool_per_node,
+                pool.replicas,
+                source,
+                pool_where,
+                ("models", name, "decode_pool"),
+                role="decode",
+            )
+            plan.kv_transfer = pool.kv_transfer
+            if pool.routing is not None:
+                plan.decode_routing = _policy(ROUTING, pool.routing, source, ("models", name, "decode_pool", "routing"))
+            demands.append(plan.decode.demand(f"models.{name}.decode_pool"))
+        models[name] = plan
 
-    cluster = Cluster.build(
-        profile,
-        spec.cluster.nodes,
-        spec.cluster.devices_per_node,
-        [(m.name, m.replicas, m.stage_devices, m.devices_per_replica // m.stage_devices) for m in models.values()],
-        source,
-    )
+    cluster = Cluster.build(profile, spec.cluster.nodes, spec.cluster.devices_per_node, demands, source)
     for placement in cluster.placements:
-        plan = models[placement.model]
-        cluster.reserve(placement, plan.memory, plan.memory_utilization, f"{source}: models.{plan.name}")
+        plan = models[placement.model].pool(placement.role)
+        key = "models." + plan.name + (".decode_pool" if placement.role == "decode" else "")
+        cluster.reserve(placement, plan.memory, plan.memory_utilization, f"{source}: {key}")
 
     routing = _policy(ROUTING, spec.routing, source, ("routing",))
     arrival, classes, tenants, trace, notes = _resolve_workload(run, models)

@@ -67,6 +67,8 @@ REQUEST_COLUMNS = {
     "preemptions": "times the request was preempted",
     "cached_tokens": "prompt tokens served from the prefix cache",
     "truncated_tokens": "tokens cut to fit the model's context (context_overflow: truncate)",
+    "prefill_replica": "replica id of the prefill in a disaggregated deployment (-1: none)",
+    "kv_transfer_s": "s: the KV cache's move from the prefill to the decode replica (nan: none)",
 }
 
 _PERCENTILES = (50, 90, 99)
@@ -118,6 +120,8 @@ def requests_frame(table: RequestTable) -> pd.DataFrame:
             "preemptions": table.preemptions.astype(np.int32),
             "cached_tokens": table.cached_tokens.astype(np.int64),
             "truncated_tokens": table.truncated_tokens.astype(np.int64),
+            "prefill_replica": table.prefill_replica.astype(np.int32),
+            "kv_transfer_s": table.kv_transfer_s,
         }
     )
 
@@ -151,6 +155,10 @@ def _block(df: pd.DataFrame, makespan: float) -> dict[str, Any]:
         prompts = int(completed["input_tokens"].sum())
         out["prefix_cached_tokens"] = int(completed["cached_tokens"].sum())
         out["prefix_hit_rate"] = out["prefix_cached_tokens"] / prompts if prompts else None
+        moved = completed["kv_transfer_s"].to_numpy()
+        if np.isfinite(moved).any():
+            for stat, value in latency_stats(moved).items():
+                out[f"kv_transfer_{stat}_s"] = value
     return out
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -36,7 +36,9 @@ class RequestTable:
     Result columns (filled by the engine): ``replica``, ``status``, ``start_s``,
     ``first_token_s``, ``completion_s``, ``final_s``, ``preemptions``, ``cached_tokens``
     (prompt tokens served from the prefix cache), ``max_itl_s`` (longest gap between two
-    consecutive output tokens) and ``truncated_tokens`` (cut to fit the model's context).
+    consecutive output tokens), ``truncated_tokens`` (cut to fit the model's context), and, in a
+    disaggregated deployment, ``prefill_replica`` (-1: none) and ``kv_transfer_s`` (the KV
+    cache's move to the decode replica; ``nan``: none).
     """
 
     arrival_s: np.ndarray
@@ -63,6 +65,8 @@ class RequestTable:
     cached_tokens: np.ndarray = field(init=False)
     max_itl_s: np.ndarray = field(init=False)
     truncated_tokens: np.ndarray = field(init=False)
+    prefill_replica: np.ndarray = field(init=False)
+    kv_transfer_s: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         n = len(self.arrival_s)
@@ -91,6 +95,8 @@ class RequestTable:
         self.cached_tokens = np.zeros(n, dtype=np.int64)
         self.max_itl_s = np.full(n, np.nan)
         self.truncated_tokens = np.zeros(n, dtype=np.int64)
+        self.prefill_replica = np.full(n, -1, dtype=np.int32)
+        self.kv_transfer_s = np.full(n, np.nan)
         if (self.prefix_ids is None) != (self.prefix_offsets is None):
             raise ValueError("prefix_ids and prefix_offsets come together")
         if self.prefix_offsets is not None and len(self.prefix_offsets) != n + 1:
@@ -107,29 +113,11 @@ class RequestTable:
         requests than its budget)."""
         if n >= len(self):
             return
-        for name in (
-            "arrival_s",
-            "model",
-            "tenant",
-            "input_tokens",
-            "input_samples",
-            "output_tokens",
-            "priority",
-            "ttft_slo_s",
-            "tpot_slo_s",
-            "e2e_slo_s",
-            "replica",
-            "status",
-            "start_s",
-            "first_token_s",
-            "completion_s",
-            "final_s",
-            "preemptions",
-            "cached_tokens",
-            "max_itl_s",
-            "truncated_tokens",
-        ):
-            setattr(self, name, getattr(self, name)[:n].copy())
+        rows = len(self)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name not in ("prefix_ids", "prefix_offsets") and isinstance(value, np.ndarray) and len(value) == rows:
+                setattr(self, f.name, value[:n].copy())
         if self.prefix_offsets is not None and self.prefix_ids is not None:
             self.prefix_offsets = self.prefix_offsets[: n + 1].copy()
             self.prefix_ids = self.prefix_ids[: int(self.prefix_offsets[-1])].copy()
@@ -168,6 +156,7 @@ class Request:
         "prefix_units",
         "priority",
         "queue_key",
+        "remote_kv",
         "replica",
         "request_id",
         "start_s",
@@ -215,6 +204,7 @@ class Request:
         self.kv_blocks = 0  # private KV blocks held (prefix units pinned are extra)
         self.prefix_units = 0  # prefix-cache units it pins
         self.swapped_blocks = 0  # blocks in host memory while swapped out
+        self.remote_kv = False  # its KV cache was prefilled on another replica (disaggregation)
         self.preemptions = 0
         self.cached_tokens = 0
         self.truncated_tokens = 0
