@@ -404,9 +404,13 @@ class EngineSpec(_Spec):
 
 
 class SweepSpec(_Spec):
-    """A grid over any keys (dotted paths to lists of values), times ``seeds``."""
+    """A grid over any keys (dotted paths to lists of values), times ``cases``, times
+    ``seeds``. A case sets several keys together (``{name: NAME, dotted.key: value, ...}``),
+    for comparing whole configurations that a grid would cross with each other; its name is
+    the sweep point's ``case`` value."""
 
     grid: dict[str, list[Any]] = {}
+    cases: list[dict[str, Any]] = []
     seeds: list[int] | None = None
 
     @model_validator(mode="after")
@@ -414,6 +418,19 @@ class SweepSpec(_Spec):
         for key, values in self.grid.items():
             if not values:
                 raise ValueError(f"grid.{key}: needs at least one value")
+        names = []
+        for i, case in enumerate(self.cases):
+            name = case.get("name")
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"cases.{i}.name: each case needs a name (a non-empty string)")
+            if len(case) < 2:
+                raise ValueError(f"cases.{i}: case '{name}' sets no keys")
+            both = sorted(set(case) & set(self.grid))
+            if both:
+                raise ValueError(f"cases.{i}: case '{name}' sets {', '.join(both)}, which the grid also sets")
+            names.append(name)
+        if len(set(names)) != len(names):
+            raise ValueError(f"cases: names must be distinct, got {names}")
         if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct, got {self.seeds}")
         return self
@@ -617,14 +634,19 @@ def expand(doc: Mapping[str, Any], source: Path, overrides: Sequence[str] = ()) 
     base_seed = doc.get("seed", 0)
     seeds = [base_seed] if "seed" in overridden or sweep.seeds is None else sweep.seeds
     keys = list(grid)
+    cases: list[dict[str, Any]] = sweep.cases or [{}]
     runs: list[RunSpec] = []
     seen: dict[str, tuple[tuple[str, Any], ...]] = {}
-    for values in itertools.product(*(grid[k] for k in keys)):
-        point = tuple(zip(keys, values, strict=True))
+    for case, values in itertools.product(cases, itertools.product(*(grid[k] for k in keys))):
+        name = case.get("name")
+        sets = {k: v for k, v in case.items() if k != "name" and k not in overridden}
+        point = (("case", name),) * (name is not None) + tuple(zip(keys, values, strict=True))
         for seed in seeds:
-            assigned = [f"{k}={json.dumps(v)}" for k, v in point] + [f"seed={seed}"]
+            assigned = [f"{k}={json.dumps(v)}" for k, v in (*sets.items(), *zip(keys, values, strict=True))]
+            assigned.append(f"seed={seed}")
             point_doc = apply_overrides(doc, assigned, str(source))
-            notes = [f"sweep point {', '.join(assigned)}"] if keys or len(seeds) > 1 else []
+            shown = ([f"case={name}"] if name is not None else []) + assigned
+            notes = [f"sweep point {', '.join(shown)}"] if point or len(seeds) > 1 else []
             if overrides:
                 notes.append(f"command-line overrides: {' '.join(overrides)}")
             note = "; ".join(notes)

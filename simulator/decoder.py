@@ -161,6 +161,12 @@ class DecoderReplica(Replica):
         fresh = max(0, blocks_for(self._reserve_tokens(request), self._block) - hits * self._unit_blocks)
         return fresh + idle * self._unit_blocks
 
+    def cached_prefix_tokens(self, request: Any) -> int:
+        """Leading prompt tokens of ``request`` whose prefix units are resident here now."""
+        if not self._unit_blocks or not len(request.prefix_ids):
+            return 0
+        return self._kv.peek_prefix(request.prefix_ids, request.input_tokens)[0] * self._kv.config.prefix_block_tokens
+
     def prompt_tokens_to_compute(self, request: Any) -> int:
         """Prompt tokens the request's prefill still has to compute (after prefix-cache hits)."""
         if request.swapped_blocks or getattr(request, "remote_kv", False):

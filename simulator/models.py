@@ -557,6 +557,22 @@ def llama3_8b() -> Decoder:
     )
 
 
+def llama31_8b() -> Decoder:
+    """Llama-3.1-8B (Meta, 2024; HF config): Llama-3-8B's layers with a 131,072-token context
+    (RoPE scaled), for long-prompt traces such as Mooncake's."""
+    return Decoder(
+        "llama-3.1-8b",
+        "Meta Llama 3.1 model card (2024); meta-llama/Llama-3.1-8B config.json (max_position_embeddings 131072)",
+        layers=32,
+        hidden=4096,
+        heads=32,
+        kv_heads=8,
+        ffn=14336,
+        vocab=128256,
+        max_context_tokens=131072,
+    )
+
+
 def llama2_70b() -> Decoder:
     """Llama-2-70B (Touvron et al. 2023; HF config): 80 layers, 8192 hidden, 64 heads, 8 KV heads."""
     return Decoder(

@@ -115,7 +115,9 @@ class ReplicaView(Protocol):
     (free plus evictable cached blocks), ``kv_watermark_blocks`` (kept free when admitting new
     requests). ``kv_blocks_to_admit(r)`` is how many blocks admitting the waiting request ``r``
     allocates now (its prompt, or its reservation, minus prefix-cache hits);
-    ``prompt_tokens_to_compute(r)`` how many prompt tokens its prefill will compute.
+    ``prompt_tokens_to_compute(r)`` how many prompt tokens its prefill will compute;
+    ``cached_prefix_tokens(r)`` how many of ``r``'s prompt tokens this replica's prefix cache
+    holds now (0 without prefix caching), for cache-aware routing.
     """
 
     @property
@@ -146,6 +148,7 @@ class ReplicaView(Protocol):
     def arrivals_done(self) -> bool: ...
     def kv_blocks_to_admit(self, request: RequestView) -> int: ...
     def prompt_tokens_to_compute(self, request: RequestView) -> int: ...
+    def cached_prefix_tokens(self, request: RequestView) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)

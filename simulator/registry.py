@@ -181,6 +181,7 @@ ROUTING = Registry(
         "round_robin": "policies.routing:RoundRobin",
         "random": "policies.routing:RandomRouting",
         "least_loaded": "policies.routing:LeastLoaded",
+        "prefix_aware": "policies.routing:PrefixAware",
     },
 )
 MODELS = Registry(
@@ -192,6 +193,7 @@ MODELS = Registry(
         "bert-large": "simulator.models:bert_large",
         "llama-2-7b": "simulator.models:llama2_7b",
         "llama-3-8b": "simulator.models:llama3_8b",
+        "llama-3.1-8b": "simulator.models:llama31_8b",
         "llama-2-70b": "simulator.models:llama2_70b",
         "mixtral-8x7b": "simulator.models:mixtral_8x7b",
         "dlrm-criteo-kaggle": "simulator.models:dlrm_criteo_kaggle",

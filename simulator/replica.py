@@ -128,6 +128,10 @@ class Replica:
         """Prompt tokens the request's prefill would compute (its whole input here)."""
         return int(request.input_tokens)
 
+    def cached_prefix_tokens(self, request: Any) -> int:
+        """Prompt tokens of ``request`` held in this replica's prefix cache (none here)."""
+        return 0
+
     @property
     def memory_used_bytes(self) -> float:
         """Bytes in use on each device now: weights and the activation reserve."""

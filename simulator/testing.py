@@ -91,9 +91,11 @@ def make_request(
     ttft_slo_s: float = math.nan,
     tpot_slo_s: float = math.nan,
     e2e_slo_s: float = math.nan,
+    prefix_ids: Sequence[int] = (),
 ) -> Request:
     """A waiting :class:`~simulator.request.Request` (a :class:`~simulator.policy.RequestView`)
-    for a hand-built view. Times in seconds (``nan``: no SLO), sizes in tokens or samples."""
+    for a hand-built view. Times in seconds (``nan``: no SLO), sizes in tokens or samples;
+    ``prefix_ids`` the ids of its prompt's prefix units (for prefix caching)."""
     return Request(
         request_id,
         model,
@@ -106,6 +108,7 @@ def make_request(
         ttft_slo_s,
         tpot_slo_s,
         e2e_slo_s,
+        list(prefix_ids),
     )
 
 
@@ -134,6 +137,8 @@ class StubReplica:
     context_tokens: int = 4096
     arrivals_done: bool = False
     busy: bool | None = None
+    cached_prefix_units: set[int] = field(default_factory=set)
+    prefix_block_tokens: int = 512
 
     def __post_init__(self) -> None:
         if not self.autoregressive:
@@ -190,6 +195,18 @@ class StubReplica:
     def prompt_tokens_to_compute(self, request: Any) -> int:
         """Prompt tokens the request's prefill still has to compute."""
         return int(request.prefill_target - request.prefilled_tokens)
+
+    def cached_prefix_tokens(self, request: Any) -> int:
+        """Prompt tokens of ``request`` whose prefix units are in ``cached_prefix_units``
+        (the leading run of them, as a prefix cache reuses)."""
+        if not self.autoregressive:
+            return 0
+        ids = list(getattr(request, "prefix_ids", ()))
+        usable = min(len(ids), max(0, (int(request.input_tokens) - 1) // self.prefix_block_tokens))
+        hits = 0
+        while hits < usable and ids[hits] in self.cached_prefix_units:
+            hits += 1
+        return hits * self.prefix_block_tokens
 
 
 # --------------------------------------------------------------------------------------------
@@ -653,7 +670,14 @@ def _routing_episode(
     ar = sizes.kind == "decoder"
     n = int(rng.integers(1, 9))
     replicas = [
-        StubReplica(replica_id=10 + k, autoregressive=ar, kv_capacity_tokens=sizes.kv_capacity_tokens) for k in range(n)
+        StubReplica(
+            replica_id=10 + k,
+            autoregressive=ar,
+            kv_capacity_tokens=sizes.kv_capacity_tokens,
+            cached_prefix_units={int(u) for u in rng.integers(0, 12, size=int(rng.integers(0, 8)))},
+            prefix_block_tokens=16,
+        )
+        for k in range(n)
     ]
     now = float(rng.uniform(0.0, 10.0))
     for step in range(steps):
@@ -666,6 +690,8 @@ def _routing_episode(
             rep.kv_used_blocks = sum(r.input_tokens + r.output_tokens for r in rep.running) if ar else 0
         now += float(rng.exponential(1e-2)) if rng.random() < 0.9 else 0.0
         req = _new_request(rng, first_id + step, now, sizes)
+        if ar and rng.random() < 0.7:  # a prompt sharing prefix units with earlier ones
+            req.prefix_ids = [int(u) for u in rng.integers(0, 12, size=int(rng.integers(1, 6)))]
         loads = [r.outstanding for r in replicas]
         context = f"step {step} at now_s={now!r}; request {req!r}; {n} replicas with outstanding {loads}"
         requests = [req]

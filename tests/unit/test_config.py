@@ -132,6 +132,48 @@ def test_sweep_is_grid_times_seeds(tmp_path: Path) -> None:
         assert point == {"workload.rate_rps": run.spec.workload.rate_rps, "cluster.replicas": run.spec.cluster.replicas}
 
 
+def test_sweep_cases_set_several_keys_together_times_the_grid(tmp_path: Path) -> None:
+    cases = [
+        {"name": "small", "cluster.replicas": 1, "models.resnet50.batching": {"policy": "none"}},
+        {"name": "big", "cluster.replicas": 3},
+    ]
+    doc = {**CNN, "sweep": {"grid": {"workload.rate_rps": [100, 200]}, "cases": cases, "seeds": [1, 2]}}
+    runs = expand(doc, tmp_path / "exp.yaml")
+    assert len(runs) == 2 * 2 * 2
+    by_case = {}
+    for run in runs:
+        point = dict(run.point)
+        assert list(point) == ["case", "workload.rate_rps"]
+        by_case.setdefault(point["case"], set()).add(
+            (run.spec.cluster.replicas, run.spec.models["resnet50"].batching.policy)
+        )
+        assert run.run_id.startswith(f"case-{point['case']}_")
+    # a case's keys go together; what it does not set keeps the document's value
+    assert by_case == {"small": {(1, "none")}, "big": {(3, "dynamic")}}
+    # an override of a key a case sets wins over the case
+    runs = expand(doc, tmp_path / "exp.yaml", ["cluster.replicas=2"])
+    assert {r.spec.cluster.replicas for r in runs} == {2}
+
+
+@pytest.mark.parametrize(
+    ("cases", "fragment"),
+    [
+        ([{"cluster.replicas": 1}], "cases.0.name: each case needs a name"),
+        ([{"name": "a"}], "case 'a' sets no keys"),
+        ([{"name": "a", "cluster.replicas": 1}, {"name": "a", "cluster.replicas": 2}], "names must be distinct"),
+        ([{"name": "a", "workload.rate_rps": 5}], "which the grid also sets"),
+        ([{"name": "a", "cluster.replica": 1}], "cluster.replica"),
+    ],
+)
+def test_sweep_case_mistakes_are_named(tmp_path: Path, cases: list[dict[str, Any]], fragment: str) -> None:
+    from simulator.errors import ConfigError
+
+    doc = {**CNN, "sweep": {"grid": {"workload.rate_rps": [100]}, "cases": cases}}
+    with pytest.raises(ConfigError) as info:
+        expand(doc, tmp_path / "exp.yaml")
+    assert fragment in str(info.value), str(info.value)
+
+
 def test_without_a_sweep_there_is_one_run_at_the_documents_seed(tmp_path: Path) -> None:
     (run,) = expand(CNN, tmp_path / "exp.yaml")
     assert run.seed == 3
