@@ -30,7 +30,7 @@ from simulator.decoder import ITL_NBINS, DecoderReplica
 from simulator.experiment import ResolvedRun
 from simulator.policy import instantiate
 from simulator.replica import BatchReplica, PolicyError, Replica
-from simulator.request import COMPLETED, FAILED, REJECTED, Request, RequestTable
+from simulator.request import COMPLETED, FAILED, REJECTED, ROW_COLUMNS, Request, RequestTable
 
 __all__ = ["Environment", "PolicyError", "Simulation", "SimulationResult"]
 
@@ -260,20 +260,7 @@ class Simulation:
             nonlocal start, end, cols
             if i >= end:
                 start, end = i, min(len(t), i + _ROWS_PER_SLICE)
-                cols = tuple(
-                    getattr(t, name)[start:end].tolist()
-                    for name in (
-                        "model",
-                        "tenant",
-                        "input_tokens",
-                        "input_samples",
-                        "output_tokens",
-                        "priority",
-                        "ttft_slo_s",
-                        "tpot_slo_s",
-                        "e2e_slo_s",
-                    )
-                )
+                cols = tuple(getattr(t, name)[start:end].tolist() for name in ROW_COLUMNS)
             k = i - start
             models, tenants, inputs, samples, outputs, prios, ttft, tpot, e2e = cols
             m = models[k]

@@ -15,13 +15,27 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-__all__ = ["STATUSES", "Request", "RequestTable"]
+__all__ = ["ROW_COLUMNS", "STATUSES", "Request", "RequestTable"]
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
 #: Final statuses, in the order of their integer codes in :attr:`RequestTable.status`.
 STATUSES = ("pending", "completed", "rejected", "dropped", "failed")
 PENDING, COMPLETED, REJECTED, DROPPED, FAILED = range(5)
+
+#: The input columns of a :class:`RequestTable` beside ``arrival_s``, in the order of the
+#: :class:`Request` constructor's arguments after the arrival time.
+ROW_COLUMNS = (
+    "model",
+    "tenant",
+    "input_tokens",
+    "input_samples",
+    "output_tokens",
+    "priority",
+    "ttft_slo_s",
+    "tpot_slo_s",
+    "e2e_slo_s",
+)
 
 
 @dataclass
@@ -70,17 +84,7 @@ class RequestTable:
 
     def __post_init__(self) -> None:
         n = len(self.arrival_s)
-        for name in (
-            "model",
-            "tenant",
-            "input_tokens",
-            "input_samples",
-            "output_tokens",
-            "priority",
-            "ttft_slo_s",
-            "tpot_slo_s",
-            "e2e_slo_s",
-        ):
+        for name in ROW_COLUMNS:
             if len(getattr(self, name)) != n:
                 raise ValueError(f"column {name} has {len(getattr(self, name))} rows, expected {n}")
         if n and np.any(np.diff(self.arrival_s) < 0):
