@@ -4,7 +4,9 @@
 and a report; ``ldsim check FILE`` validates it without running; ``ldsim report DIR`` redraws
 a report; ``ldsim list policies|models|profiles|experiments`` shows what names resolve to.
 ``ldsim calibrate`` measures this machine into a hardware profile (torch needed) and
-``ldsim profile check|show|diff`` checks, reads and compares profiles.
+``ldsim profile check|show|diff`` checks, reads and compares profiles. ``ldsim execute``
+runs an experiment on real small models (torch) into the same results layout, and ``ldsim
+validate`` simulates and executes it over a sweep of loads and reports the simulator's error.
 A user's mistake prints one paragraph naming the place and exits with status 2; a run that
 fails inside a sweep is reported and the command exits with status 1 after the others finish.
 """
@@ -140,10 +142,6 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from simulator.calibrate import calibrate
 
     out = Path(args.out)
-    if out.suffix not in (".yaml", ".yml"):
-        raise LdsimError(f"--out {args.out}: a profile is a YAML file; give a path ending in .yaml")
-    if args.threads is not None and args.threads < 1:
-        raise LdsimError(f"--threads must be >= 1, got {args.threads}")
 
     def progress(line: str) -> None:
         print(f"ldsim calibrate: {line}", file=sys.stderr, flush=True)
@@ -156,6 +154,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         name=args.name,
         command=args.command_line,
         progress=progress,
+        dtypes=args.dtypes.split(",") if args.dtypes else None,
     )
     print(f"wrote {result.profile_path} ({result.rows} measurements)")
     print(f"calibration took {result.breakdown()}")
@@ -252,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smaller grids: under a minute on a small CPU")
     p.add_argument("--threads", type=int, help="CPU threads (default: every core)")
     p.add_argument("--name", help="profile name (default: the file name without .yaml)")
+    p.add_argument(
+        "--dtypes", help="comma-separated dtypes to measure, e.g. fp32,bf16 (default: every one the device runs)"
+    )
     p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("profile", help="check, show or compare hardware profiles")
@@ -273,7 +275,138 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("a")
     q.add_argument("b")
     q.set_defaults(func=_cmd_profile_diff)
+
+    p = sub.add_parser(
+        "execute",
+        help="run an experiment on real small models (torch) and write the same results as a simulation",
+        description="Run the experiment's runs for real: the same workload and policy objects, the models built at"
+        " small scale with random weights, one worker process per device; results in the simulator's layout.",
+    )
+    p.add_argument("file", help="experiment YAML (a path, or the name of a shipped experiment)")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="override keys of the YAML")
+    p.add_argument("--out", help="results folder (default: results/<experiment name>-execute)")
+    _executor_options(p)
+    p.add_argument("--no-report", action="store_true", help="do not draw the report")
+    p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    p.set_defaults(func=_cmd_execute)
+
+    p = sub.add_parser(
+        "validate",
+        help="simulate and execute an experiment over a sweep of loads; write a fidelity report",
+        description="Measure (or reuse) a profile of this machine for the experiment's models, measure the saturation"
+        " throughput, then simulate and execute the experiment at each load and report the simulator's error.",
+    )
+    p.add_argument("file", help="experiment YAML (a path, or the name of a shipped experiment)")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="override keys of the YAML")
+    p.add_argument("--out", help="output folder (default: results/<experiment name>-validate)")
+    p.add_argument(
+        "--profile",
+        help="profile YAML to use; measured there for the experiment's models if it does not exist"
+        " (default: OUT/profile/<experiment name>.yaml)",
+    )
+    p.add_argument(
+        "--loads",
+        default="0.2,0.4,0.6,0.8",
+        help="comma-separated fractions of the measured saturation throughput (default 0.2,0.4,0.6,0.8);"
+        " 'spec' keeps the experiment's own rates",
+    )
+    p.add_argument("--saturation-rps", type=float, help="skip measuring saturation: use this throughput (req/s)")
+    _executor_options(p)
+    p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors and the report's path")
+    p.set_defaults(func=_cmd_validate)
     return parser
+
+
+def _executor_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each execution, wait up to this long for other processes to leave the machine quiet",
+    )
+    p.add_argument(
+        "--cores-per-device",
+        type=int,
+        help="CPU cores (and torch threads) of each worker (default: the cores left after one for the coordinator)",
+    )
+
+
+def _check_executor_options(args: argparse.Namespace) -> None:
+    if args.wait_quiet < 0:
+        raise LdsimError(f"--wait-quiet must be >= 0 seconds, got {args.wait_quiet}")
+    if args.cores_per_device is not None and args.cores_per_device < 1:
+        raise LdsimError(f"--cores-per-device must be >= 1, got {args.cores_per_device}")
+    device = args.device.strip().lower()
+    if device != "cpu" and device != "cuda" and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise LdsimError(f"--device {args.device!r}: expected cpu, cuda or cuda:N")
+    args.device = device
+
+
+def _cmd_execute(args: argparse.Namespace) -> int:
+    from simulator.config import load_experiment
+    from simulator.executor.engine import check_executable
+    from simulator.executor.run import execute_runs, require_torch
+    from simulator.experiment import resolve
+
+    _check_executor_options(args)
+    require_torch("ldsim execute")
+    runs = load_experiment(args.file, args.overrides)
+    for run in runs:  # check every point before running any
+        check_executable(resolve(run))
+    out = Path(args.out) if args.out else Path("results") / f"{runs[0].spec.name}-execute"
+
+    def progress(line: str) -> None:
+        if not args.quiet:
+            print(f"ldsim execute: {line}", file=sys.stderr, flush=True)
+
+    outcomes = execute_runs(runs, out, args.device, args.cores_per_device, progress, args.wait_quiet)
+    stopped = [o for o in outcomes if o.status == "stopped"]
+    if not args.quiet:
+        _print_table(out, [r.run_id for r in runs])
+    if not args.no_report and outcomes:
+        from simulator.report import write_report
+
+        report = write_report(out)
+        progress(f"report: {report}")
+    for o in stopped:
+        print(f"ldsim: run {o.run_id} stopped early: {o.message} (its finished requests are kept)", file=sys.stderr)
+    return 1 if stopped else 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from simulator.executor.validate import validate
+
+    _check_executor_options(args)
+    if args.loads.strip() == "spec":
+        loads = None
+    else:
+        try:
+            loads = [float(x) for x in args.loads.split(",") if x.strip()]
+        except ValueError:
+            raise LdsimError(f"--loads {args.loads!r}: expected comma-separated numbers, e.g. 0.2,0.5,0.8") from None
+        if not loads or any(not x > 0 for x in loads):
+            raise LdsimError(f"--loads {args.loads!r}: give loads > 0, e.g. 0.2,0.4,0.6,0.8")
+
+    def progress(line: str) -> None:
+        if not args.quiet:
+            print(f"ldsim validate: {line}", file=sys.stderr, flush=True)
+
+    report = validate(
+        args.file,
+        args.overrides,
+        out=Path(args.out) if args.out else None,
+        profile=args.profile,
+        loads=loads,
+        saturation_rps=args.saturation_rps,
+        device=args.device,
+        cores_per_device=args.cores_per_device,
+        progress=progress,
+        wait_quiet_s=args.wait_quiet,
+    )
+    print(report)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
