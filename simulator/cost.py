@@ -13,6 +13,11 @@ with the profile's stated default efficiencies; such kinds are listed in
 devices is read from the profile's measured collective curve for that link and ``p``, or
 costed as a ring all-reduce: ``2(p-1) * latency + 2(p-1)/p * bytes / bandwidth``.
 
+A profile measured by running a serving runtime adds its host overhead to every step
+(:meth:`ModelCost.host_s`: a fixed part and a part per request or sample) and gives the extra
+seconds of a step after an idle period (:meth:`ModelCost.wake_s`, which the replicas apply to
+the first step of a busy period).
+
 The functions are pure and cached per deployment: a :class:`ModelCost` caches forward-pass
 times per batch shape, and prices a decoder's pure-decode iterations vectorised over their KV
 lengths, so that many identical decode steps cost one numpy call.
@@ -181,6 +186,14 @@ class ModelCost:
         self.uncalibrated_kinds: set[str] = set()
         self.calibrated_kinds: set[str] = set()
         self.fallback_kinds: dict[str, str] = {}  # kind -> the kind whose table priced it
+        runtime = profile.runtime
+        #: Host seconds every step takes beyond its operators, and per item (request or sample)
+        #: in the step (the profile's measured runtime; 0 without one).
+        self.step_overhead_s, self.item_overhead_s = (
+            runtime.step_overhead_s(self.arch.name) if runtime is not None else (0.0, 0.0)
+        )
+        #: Quantiles of measured / priced step time (empty: steps take exactly their price).
+        self.step_time_quantiles = runtime.step_time_quantiles(self.arch.name) if runtime is not None else []
         self._decode_table = None
         self._decode_curves: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if isinstance(self.arch, Decoder):
@@ -232,9 +245,20 @@ class ModelCost:
             ops = arch.operators(samples, self.dtype)
         else:
             raise TypeError(f"{arch.name} is autoregressive: cost it per iteration")
-        value = self._sum(ops)
+        seconds, flops, nbytes = self._sum(ops)
+        value = (seconds + self.host_s(samples), flops, nbytes)
         self._batch_cache[key] = value
         return value
+
+    def host_s(self, items: int | np.ndarray) -> Any:
+        """The profile's host overhead of a step of ``items`` requests or samples, seconds."""
+        return self.step_overhead_s + self.item_overhead_s * items
+
+    def wake_s(self, idle_s: float) -> float:
+        """Extra seconds of the first step after the device idled ``idle_s`` seconds (the
+        profile's measured ``runtime.wake_after_idle`` curve of this architecture; 0 without)."""
+        runtime = self.profile.runtime
+        return runtime.wake_s(self.arch.name, idle_s) if runtime is not None else 0.0
 
     def batch_s(self, samples: int, seq_len: int = 0) -> float:
         """Seconds of one forward pass over a batch (see :meth:`batch`)."""
@@ -339,14 +363,15 @@ class ModelCost:
         ``kv_tokens[i]`` is the batch's total KV length attended in iteration ``i``. This is
         the one function both the coalesced and the step-by-step engine use, so the two give
         bit-identical times. With pipeline parallelism the batch is split into micro-batches
-        of ``ceil(n_seqs / microbatches)`` sequences.
+        of ``ceil(n_seqs / microbatches)`` sequences. Each step includes the profile's host
+        overhead (:meth:`host_s`).
         """
         if self.pp == 1:
-            return self._decode_once_s(n_seqs, kv_tokens)
+            return self._decode_once_s(n_seqs, kv_tokens) + self.host_s(n_seqs)
         m = min(self._microbatches, n_seqs)
         size = -(-n_seqs // m)
         stage = self._decode_once_s(size, kv_tokens * (size / n_seqs)) / self.pp
-        return np.asarray(self._pipeline_s(stage, m, size))
+        return np.asarray(self._pipeline_s(stage, m, size)) + self.host_s(n_seqs)
 
     def decode_steps_work(self, n_seqs: int, kv_tokens: np.ndarray) -> tuple[int, int]:
         """Total FLOPs and bytes (exact integers) of a run of pure-decode iterations, on the
@@ -388,14 +413,16 @@ class ModelCost:
         ``prefills``: ``(q_len, kv_len)`` of each request prefilling in it (``kv_len`` = its
         past plus ``q_len``); ``n_decode`` requests decode one token each, attending
         ``decode_kv_tokens`` keys in total. With pipeline parallelism the requests are dealt
-        round-robin into micro-batches and the slowest sets the pipeline's pace.
+        round-robin into micro-batches and the slowest sets the pipeline's pace. Includes the
+        profile's host overhead (:meth:`host_s`).
         """
         kv = np.array([float(decode_kv_tokens)])
         if not prefills:
             flops, nbytes = self.decode_steps_work(n_decode, kv)
             return float(self.decode_steps_s(n_decode, kv)[0]), flops, nbytes
         if self.pp == 1:
-            return self._iteration_once(prefills, n_decode, decode_kv_tokens)
+            seconds, flops, nbytes = self._iteration_once(prefills, n_decode, decode_kv_tokens)
+            return seconds + self.host_s(len(prefills) + n_decode), flops, nbytes
         m = max(1, min(self._microbatches, len(prefills) + n_decode))
         costs = []
         tokens = []
@@ -407,7 +434,7 @@ class ModelCost:
             costs.append(self._iteration_once(group, dec, decode_kv_tokens * (dec / n_decode) if dec else 0))
             tokens.append(dec + sum(q for q, _ in group))
         stage = max(c[0] for c in costs) / self.pp
-        seconds = float(self._pipeline_s(stage, len(costs), max(tokens)))
+        seconds = float(self._pipeline_s(stage, len(costs), max(tokens))) + self.host_s(len(prefills) + n_decode)
         return seconds, sum(c[1] for c in costs), sum(c[2] for c in costs)
 
     def iteration_s(self, prefills: Sequence[tuple[int, int]], n_decode: int, decode_kv_tokens: int) -> float:

@@ -422,7 +422,9 @@ class DecoderReplica(Replica):
                 else:
                     prefills = [(c, r.kv_tokens + c) for r, c in chunks]
                 seconds, flops, nbytes = cost.iteration(prefills, self._n_dec, self._dec_kv)
-                seconds += self._pending_s
+                if self._jitter is not None:
+                    seconds *= self._jitter.take()
+                seconds += self._pending_s + self._take_wake()  # swap copies; waking after idling
                 self._pending_s = 0.0
                 self.flops += flops
                 self.bytes_moved += nbytes
@@ -525,6 +527,8 @@ class DecoderReplica(Replica):
             k = lo
         kv = self._dec_kv + n * np.arange(k, dtype=np.float64)
         durations = self._cost.decode_steps_s(n, kv)
+        if self._jitter is not None:
+            durations = durations * self._jitter.peek(k)
         ends = np.cumsum(np.concatenate(([now], durations)))[1:]
         if wake_at_s is not None and wake_at_s < ends[-1]:
             k = int(np.searchsorted(ends, wake_at_s, side="left")) + 1
@@ -551,6 +555,8 @@ class DecoderReplica(Replica):
         self._account_jump(env.now)
         self._jump_ends = None
         ends = ends[:m]
+        if self._jitter is not None:
+            self._jitter.advance(m)
         flops, nbytes = self._cost.decode_steps_work(n, kv[:m])
         self.flops += flops
         self.bytes_moved += nbytes

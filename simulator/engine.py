@@ -27,7 +27,7 @@ from simpy.core import NORMAL
 
 from simulator.cost import kv_transfer_s
 from simulator.decoder import ITL_NBINS, DecoderReplica
-from simulator.experiment import ResolvedRun
+from simulator.experiment import ModelPlan, ResolvedRun
 from simulator.policy import instantiate
 from simulator.replica import BatchReplica, PolicyError, Replica
 from simulator.request import COMPLETED, FAILED, REJECTED, ROW_COLUMNS, Request, RequestTable
@@ -81,9 +81,19 @@ class Simulation:
     Deterministic: the run's seed is split with :class:`numpy.random.SeedSequence` into the
     workload's generators and one generator per policy object, in a fixed order. ``table``
     replaces the generated workload (for tests and replays); its result columns are filled.
+    ``env``, ``replica_class`` (the replica class for a model plan) and ``coalesce`` (overriding
+    ``engine.coalesce_decode``) let another driver reuse the engine: the real executor runs it
+    on a wall clock with replicas that execute their steps.
     """
 
-    def __init__(self, resolved: ResolvedRun, table: RequestTable | None = None) -> None:
+    def __init__(
+        self,
+        resolved: ResolvedRun,
+        table: RequestTable | None = None,
+        env: Environment | None = None,
+        replica_class: Callable[[ModelPlan], type[Replica]] | None = None,
+        coalesce: bool | None = None,
+    ) -> None:
         spec = resolved.run.spec
         self.resolved = resolved
         root = np.random.SeedSequence(spec.seed)
@@ -93,7 +103,7 @@ class Simulation:
         self._issued = 0  # closed loop: rows issued so far (rows are issued in order)
         self._pending = 0  # closed loop: next requests scheduled and not yet issued
         self._user_of = np.zeros(len(self.table) if self._clients is not None else 0, dtype=np.int64)
-        self.env = Environment()
+        self.env = env if env is not None else Environment()
         self.arrivals_done = False
         self.finished = 0
         self.rejections: dict[str, int] = {}
@@ -115,10 +125,13 @@ class Simulation:
                 np.random.default_rng(s_ss),
                 f"{where}.scheduling",
             )
+            if replica_class is not None:
+                cls = replica_class(plan)
+            else:
+                cls = DecoderReplica if plan.arch.autoregressive else BatchReplica
+            coalesce_decode = spec.engine.coalesce_decode if coalesce is None else coalesce
             self.replicas.append(
-                (DecoderReplica if plan.arch.autoregressive else BatchReplica)(
-                    self, p.replica_id, plan, batching, scheduling, p.node, p.devices, spec.engine.coalesce_decode
-                )
+                cls(self, p.replica_id, plan, batching, scheduling, p.node, p.devices, coalesce_decode)
             )
         model_names = list(resolved.models)
         self._model_index = {m: i for i, m in enumerate(model_names)}

@@ -11,7 +11,9 @@ A calibrated profile adds ``measured_peaks`` (the best throughput the harness ac
 beside the datasheet peaks) and ``tables``: the files, beside the YAML, of measured operator
 times (:mod:`simulator.tables`), measured collective and transfer times, and the raw
 measurements they came from. A profile without tables still works: the cost model then prices
-every operator by the roofline and the results say "uncalibrated".
+every operator by the roofline and the results say "uncalibrated". A profile measured by
+running a serving runtime (``ldsim validate``) may add ``runtime``: its per-step host overhead
+and the extra time of a step after the device idled (:class:`RuntimeSpec`).
 
 A number may be written bare, in the unit its key names (``memory_bandwidth_gb_per_s:
 2039``), or as a string with a unit (``"2.039 TB/s"``, ``"80 GiB"``, ``"4 us"``), which is
@@ -22,6 +24,8 @@ and the field. The loader refuses a malformed or inconsistent profile the same w
 from __future__ import annotations
 
 import hashlib
+import itertools
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -34,9 +38,11 @@ from simulator.resources import data_dir, find_file
 from simulator.tables import CollectiveTable, GridTable, load_collectives, load_tables
 
 __all__ = [
+    "ArchitectureRuntime",
     "DeviceSpec",
     "HardwareProfile",
     "LinkSpec",
+    "RuntimeSpec",
     "available_profiles",
     "load_profile",
     "parse_quantity",
@@ -254,6 +260,80 @@ class TableFiles(_Strict):
     raw: str | None = None
 
 
+class ArchitectureRuntime(_Strict):
+    """The runtime's costs for one architecture (see :class:`RuntimeSpec`).
+
+    ``step_overhead_us`` + ``step_overhead_per_item_us`` x items: host time every model step
+    takes beyond its operators -- receiving the previous step's result, the scheduler's
+    decision and bookkeeping (which grows with the requests or samples in the step, the
+    items), handing the step to the device. ``wake_after_idle``: ``[idle_gap_s, extra_s]``
+    points with increasing gaps: the extra seconds the first step after the device idled that
+    long takes (processes woken from sleep, caches gone cold); between points the extra time is
+    interpolated in log(gap), below the first it falls linearly to 0, beyond the last it stays.
+    ``step_time_quantiles``: the variability of step times, as quantiles of the ratio of a
+    measured step time to its price (at probabilities ``(i + 1/2) / n``); each simulated step's
+    time is multiplied by a ratio drawn from them (:class:`simulator.jitter.StepJitter`). Empty:
+    every step takes exactly its price.
+    """
+
+    step_overhead_us: Micros = Field(default=0.0, ge=0)
+    step_overhead_per_item_us: Micros = Field(default=0.0, ge=0)
+    wake_after_idle: list[tuple[float, float]] = Field(default_factory=list)
+    step_time_quantiles: list[float] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> ArchitectureRuntime:
+        q = self.step_time_quantiles
+        if q and (len(q) < 2 or any(x <= 0 for x in q) or q != sorted(q)):
+            raise ValueError("step_time_quantiles: give at least 2 increasing ratios > 0")
+        points = self.wake_after_idle
+        gaps = [g for g, _ in points]
+        if any(g <= 0 for g in gaps) or gaps != sorted(set(gaps)):
+            raise ValueError("wake_after_idle: give [gap_s, extra_s] points with increasing gaps > 0")
+        if any(extra < 0 for _, extra in points):
+            raise ValueError("wake_after_idle: extra seconds must be >= 0")
+        return self
+
+
+class RuntimeSpec(_Strict):
+    """The serving runtime on this host, measured by running it (``ldsim validate``): per
+    architecture name (``per_architecture``) the host overhead of every step and the wake-up
+    cost after idling (:class:`ArchitectureRuntime`); ``step_overhead_us`` for any other
+    architecture. A profile without this section has neither cost."""
+
+    step_overhead_us: Micros = Field(default=0.0, ge=0)
+    per_architecture: dict[str, ArchitectureRuntime] = Field(default_factory=dict)
+    source: str = ""
+
+    def step_overhead_s(self, architecture: str) -> tuple[float, float]:
+        """Host seconds per step of ``architecture``, and per item in the step."""
+        own = self.per_architecture.get(architecture)
+        if own is None:
+            return self.step_overhead_us * 1e-6, 0.0
+        return own.step_overhead_us * 1e-6, own.step_overhead_per_item_us * 1e-6
+
+    def step_time_quantiles(self, architecture: str) -> list[float]:
+        """The step-time ratio quantiles of ``architecture`` (empty: no variability)."""
+        own = self.per_architecture.get(architecture)
+        return list(own.step_time_quantiles) if own is not None else []
+
+    def wake_s(self, architecture: str, gap_s: float) -> float:
+        """Extra seconds of a step of ``architecture`` after ``gap_s`` seconds idle (0 when the
+        profile has no curve for it)."""
+        own = self.per_architecture.get(architecture)
+        points = own.wake_after_idle if own is not None else []
+        if not points or gap_s <= 0:
+            return 0.0
+        first_gap, first_extra = points[0]
+        if gap_s <= first_gap:
+            return first_extra * gap_s / first_gap
+        for (g0, e0), (g1, e1) in itertools.pairwise(points):
+            if gap_s <= g1:
+                frac = math.log(gap_s / g0) / math.log(g1 / g0)
+                return e0 + frac * (e1 - e0)
+        return points[-1][1]
+
+
 class HardwareProfile(_Strict):
     """A validated hardware profile. Build one with :func:`load_profile`."""
 
@@ -268,6 +348,7 @@ class HardwareProfile(_Strict):
     host: HostSpec
     measured_peaks: MeasuredPeaks | None = None
     tables: TableFiles | None = None
+    runtime: RuntimeSpec | None = None
 
     _path: Path | None = PrivateAttr(default=None)
     _sha256: str = PrivateAttr(default="")

@@ -198,6 +198,10 @@ MODELS = Registry(
         "mixtral-8x7b": "simulator.models:mixtral_8x7b",
         "dlrm-criteo-kaggle": "simulator.models:dlrm_criteo_kaggle",
         "dlrm-criteo-terabyte": "simulator.models:dlrm_criteo_terabyte",
+        "small-resnet": "simulator.small_models:small_resnet",
+        "small-bert": "simulator.small_models:small_bert",
+        "small-llama": "simulator.small_models:small_llama",
+        "small-dlrm": "simulator.small_models:small_dlrm",
     },
 )
 ARRIVALS = Registry(

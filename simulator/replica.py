@@ -23,6 +23,7 @@ import simpy
 
 from simulator.errors import LdsimError
 from simulator.experiment import ModelPlan
+from simulator.jitter import StepJitter
 from simulator.models import Decoder, Encoder
 from simulator.policy import BatchDecision
 from simulator.request import COMPLETED, DROPPED, REJECTED, Request
@@ -98,6 +99,11 @@ class Replica:
         # statistics for the timeseries and the summary
         self.busy_s = 0.0
         self._busy_since = 0.0
+        self._idle_since = 0.0  # when the current idle period began
+        self._wake_s = 0.0  # extra seconds of the next step, after an idle period (the profile's)
+        quantiles = plan.cost.step_time_quantiles
+        # step-time variability measured from a runtime (None: every step takes its price)
+        self._jitter = StepJitter(quantiles, sim.resolved.run.seed, replica_id) if quantiles else None
         self.steps = 0  # forward passes (batches or iterations)
         self.step_items = 0  # requests summed over steps
         self.tokens_generated = 0
@@ -238,16 +244,25 @@ class Replica:
     # ---- statistics ----------------------------------------------------------------------
 
     def _busy(self, now: float) -> None:
-        """Start a busy period (no-op inside one: busy periods are maximal intervals)."""
+        """Start a busy period (no-op inside one: busy periods are maximal intervals). Its first
+        step pays the profile's wake-up cost after the idle period that ends here
+        (``_wake_s``, 0 for a profile without one)."""
         if not self.busy:
             self.busy = True
             self._busy_since = now
+            self._wake_s = self._cost.wake_s(now - self._idle_since)
 
     def _idle_at(self, now: float) -> None:
         if self.busy:
             self.busy_s += now - self._busy_since
             self._busy_since = now
             self.busy = False
+            self._idle_since = now
+
+    def _take_wake(self) -> float:
+        """The wake-up seconds owed by the step starting now (once)."""
+        wake, self._wake_s = self._wake_s, 0.0
+        return wake
 
     def flush_stats(self, now: float) -> tuple[float, float]:
         """Bring busy time and queue area up to ``now``; return (busy seconds, queue area)."""
@@ -310,7 +325,9 @@ class BatchReplica(Replica):
             self.step_items += len(batch)
             self.flops += flops
             self.bytes_moved += nbytes
-            yield env.timer_at(now + duration)
+            if self._jitter is not None:
+                duration *= self._jitter.take()
+            yield env.timer_at(now + duration + self._take_wake())
             end = env.now
             self.running = []
             self.outstanding -= len(batch)
