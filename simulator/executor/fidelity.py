@@ -12,7 +12,10 @@ runs of a validation and computes, per run:
 * the **per-step error** of the cost model: each executed step's duration (nominal start to
   end) against what the cost model predicted for that exact batch (``steps.parquet``);
 * the machine's load around the execution (load average, CPU pressure), so a noisy run can be
-  told apart.
+  told apart;
+* when ``OUT/simulated-matched/<run>`` exists (see
+  :func:`simulator.executor.validate.simulate_at_measured_speed`), the same relative errors of a
+  simulation at the execution's own measured step speed (``<metric>_matched_err``, ``speed``).
 
 The targets are those of issue 4: |error| <= 10% for mean and p99 e2e latency and <= 5% for
 throughput. Writes ``fidelity.json``, ``fidelity.csv``, ``figures/fidelity_*.png`` and a
@@ -112,6 +115,13 @@ def compare_run(sim_dir: Path, exe_dir: Path) -> dict[str, Any]:
             row["steps"] = len(steps)
             row["step_measured_mean_s"] = float(steps["measured_s"].mean())
             row["step_predicted_mean_s"] = float(steps["predicted_s"].mean())
+    matched_dir = sim_dir.parent.parent / "simulated-matched" / sim_dir.name
+    if (matched_dir / "summary.json").is_file():
+        m_sum = json.loads((matched_dir / "summary.json").read_text())
+        for key in METRICS:
+            row[f"{key}_matched_err"] = _rel(m_sum.get(key), e_sum.get(key))
+        if row.get("step_predicted_mean_s"):
+            row["speed"] = row["step_measured_mean_s"] / row["step_predicted_mean_s"]
     return row
 
 
@@ -283,6 +293,7 @@ def _table(rows: list[dict[str, Any]], metrics: list[str]) -> str:
     )
     head += (
         "<th>per-request e2e error p5 / p50 / p95</th><th>step error p10 / p50 / p90</th>"
+        "<th>measured / priced step time</th><th>at that speed: e2e mean / p99 error</th>"
         "<th>load avg / CPU pressure</th><th>targets</th></tr>"
     )
     body = []
@@ -296,6 +307,9 @@ def _table(rows: list[dict[str, Any]], metrics: list[str]) -> str:
         cells.append("<td>" + " / ".join(_fmt(v, 100, 1) + "%" if v is not None else "–" for v in req) + "</td>")
         stp = [r.get(f"step_err_p{p}") for p in (10, 50, 90)]
         cells.append("<td>" + " / ".join(_fmt(v, 100, 1) + "%" if v is not None else "–" for v in stp) + "</td>")
+        cells.append(f"<td>{_fmt(r.get('speed'), 1, 3)}</td>")
+        matched = [r.get(f"e2e_{m}_s_matched_err") for m in ("mean", "p99")]
+        cells.append("<td>" + " / ".join(_fmt(v, 100, 1) + "%" if v is not None else "–" for v in matched) + "</td>")
         load = (r.get("executor") or {}).get("machine_load") or {}
         before, after = load.get("before") or {}, load.get("after") or {}
         cells.append(
@@ -334,6 +348,10 @@ first arrival).</li>
 id). The step error compares each executed step's duration (its nominal start, when the coordinator decided it, to
 its end on the worker) with the cost model's price of that exact batch, including the profile's runtime terms
 (step overhead, wake-up after idle).</p>
+<p>"At that speed" is a diagnostic second simulation of each run with every step's price multiplied by the
+execution's measured / priced step time (total over total): it shows how much of the error is the machine running
+faster or slower than while it was profiled (a shared virtual machine drifts by several percent between runs), and
+how much is the modelling of queues, batching and step-time scatter. The targets apply to the first simulation.</p>
 """
 
 

@@ -206,13 +206,27 @@ def test_ctrl_c_writes_what_finished_and_leaves_no_worker(tmp_path):
     assert not any(_alive(pid) for pid in workers)
 
 
+def _md1_elasticity(load: float) -> float:
+    """d ln(mean response) / d ln(service time) of an M/D/1 queue at ``load``: how much a
+    machine that runs ``x`` times slower than profiled moves the mean latency (response S + W,
+    W = load S / (2 (1 - load)), whose elasticity is 2 + load / (1 - load))."""
+    wait_over_service = load / (2 * (1 - load))
+    return (1 + wait_over_service * (2 + load / (1 - load))) / (1 + wait_over_service)
+
+
 def test_tiny_validation_is_within_its_spread(tmp_path):
     """Validate a small CNN at two loads, end to end (profile, saturation, simulation,
-    execution, report). The bound on the mean e2e error is the larger of 25% and the spread of
-    the executed steps around the cost model's price (p90 - p10 of measured / predicted - 1):
-    a machine that runs the same step at times that far apart cannot be predicted closer, and
-    250 requests on a shared 2-core machine put the mean itself within about +-10% (repeated
-    runs here measured -10% to +2%, one -23%). A cost model off by half fails it."""
+    execution, report).
+
+    Two bounds, from what was measured. (1) At the execution's own step speed (the diagnostic
+    re-simulation), the mean e2e error must be within the larger of 15% and the spread of the
+    executed steps around their price (p90 - p10 of predicted / measured - 1): a machine that
+    runs the same step at times that far apart cannot be predicted closer. (2) The plain
+    simulation must be within the larger of 25%, that spread, and the error that the
+    measured speed drift alone explains (|speed - 1| x the M/D/1 elasticity at the load: a
+    quick profile of this shared 2-core machine priced steps 0.87-1.04 of what the executions
+    then took, and at load 0.7 a 13% drift moves the mean by about 30%, measured). A cost
+    model off by half, or an engine that queues differently, fails them."""
     from simulator.executor.validate import validate
 
     doc = dict(
@@ -228,6 +242,8 @@ def test_tiny_validation_is_within_its_spread(tmp_path):
     for run in data["runs"]:
         assert run["completed_exec"] == run["completed_sim"] == 250
         spread = run["step_err_p90"] - run["step_err_p10"]
-        bound = max(0.25, spread)
         assert abs(run["throughput_rps_err"]) <= 0.05, run
+        assert abs(run["e2e_mean_s_matched_err"]) <= max(0.15, spread), run
+        drift = abs(run["speed"] - 1.0) * _md1_elasticity(run["load"])
+        bound = max(0.25, spread, drift)
         assert abs(run["e2e_mean_s_err"]) <= bound, (run["run_id"], run["e2e_mean_s_err"], bound)
