@@ -194,6 +194,8 @@ class ModelCost:
         )
         #: Quantiles of measured / priced step time (empty: steps take exactly their price).
         self.step_time_quantiles = runtime.step_time_quantiles(self.arch.name) if runtime is not None else []
+        #: Lag-1 correlation of consecutive steps' ratios (normal scores; 0: independent).
+        self.step_time_correlation = runtime.step_time_correlation(self.arch.name) if runtime is not None else 0.0
         self._decode_table = None
         self._decode_curves: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if isinstance(self.arch, Decoder):

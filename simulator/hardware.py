@@ -273,13 +273,16 @@ class ArchitectureRuntime(_Strict):
     ``step_time_quantiles``: the variability of step times, as quantiles of the ratio of a
     measured step time to its price (at probabilities ``(i + 1/2) / n``); each simulated step's
     time is multiplied by a ratio drawn from them (:class:`simulator.jitter.StepJitter`). Empty:
-    every step takes exactly its price.
+    every step takes exactly its price. ``step_time_correlation``: the lag-1 correlation, in
+    [0, 1), of the normal scores of consecutive steps' ratios (slow steps come in runs: a busy
+    neighbour, a clock change); 0 draws each step independently.
     """
 
     step_overhead_us: Micros = Field(default=0.0, ge=0)
     step_overhead_per_item_us: Micros = Field(default=0.0, ge=0)
     wake_after_idle: list[tuple[float, float]] = Field(default_factory=list)
     step_time_quantiles: list[float] = Field(default_factory=list)
+    step_time_correlation: float = Field(default=0.0, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
     def _check(self) -> ArchitectureRuntime:
@@ -316,6 +319,11 @@ class RuntimeSpec(_Strict):
         """The step-time ratio quantiles of ``architecture`` (empty: no variability)."""
         own = self.per_architecture.get(architecture)
         return list(own.step_time_quantiles) if own is not None else []
+
+    def step_time_correlation(self, architecture: str) -> float:
+        """The lag-1 correlation of consecutive step-time ratios of ``architecture`` (0: none)."""
+        own = self.per_architecture.get(architecture)
+        return own.step_time_correlation if own is not None else 0.0
 
     def wake_s(self, architecture: str, gap_s: float) -> float:
         """Extra seconds of a step of ``architecture`` after ``gap_s`` seconds idle (0 when the

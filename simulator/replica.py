@@ -103,7 +103,11 @@ class Replica:
         self._wake_s = 0.0  # extra seconds of the next step, after an idle period (the profile's)
         quantiles = plan.cost.step_time_quantiles
         # step-time variability measured from a runtime (None: every step takes its price)
-        self._jitter = StepJitter(quantiles, sim.resolved.run.seed, replica_id) if quantiles else None
+        self._jitter = (
+            StepJitter(quantiles, sim.resolved.run.seed, replica_id, plan.cost.step_time_correlation)
+            if quantiles
+            else None
+        )
         self.steps = 0  # forward passes (batches or iterations)
         self.step_items = 0  # requests summed over steps
         self.tokens_generated = 0

@@ -28,6 +28,7 @@ saturation run is made (the calibration execution then runs at the first run's r
 from __future__ import annotations
 
 import json
+import math
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -52,6 +53,7 @@ __all__ = [
     "measure_saturation",
     "measured_speed",
     "simulate_at_measured_speed",
+    "step_time_correlation",
     "step_time_quantiles",
     "validate",
 ]
@@ -229,6 +231,25 @@ def step_time_quantiles(
     return [round(float(x), 4) for x in q]
 
 
+def step_time_correlation(steps: pd.DataFrame, items: str, base_s: float, per_item_s: float) -> float:
+    """How much consecutive steps' times (over their price, as in :func:`step_time_quantiles`)
+    go together: the lag-1 correlation of their normal scores (each ratio's rank mapped
+    through the inverse normal CDF), in step order, clipped to [0, 0.95]. What
+    :class:`simulator.jitter.StepJitter` reproduces with its Gaussian copula."""
+    from statistics import NormalDist
+
+    price = steps["predicted_s"].to_numpy() + base_s + per_item_s * steps[items].to_numpy()
+    ratio = steps["measured_s"].to_numpy() / price
+    ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
+    if len(ratio) < 10:
+        return 0.0
+    ranks = np.argsort(np.argsort(ratio, kind="stable"), kind="stable")
+    inv = NormalDist().inv_cdf
+    scores = np.array([inv((r + 0.5) / len(ratio)) for r in ranks.tolist()])
+    rho = float(np.corrcoef(scores[1:], scores[:-1])[0, 1])
+    return min(max(rho, 0.0), 0.95) if math.isfinite(rho) else 0.0
+
+
 def _quantile(quantiles: list[float], p: float) -> float:
     n = len(quantiles)
     return float(np.interp(p, (np.arange(n) + 0.5) / n, quantiles))
@@ -282,15 +303,18 @@ def measure_runtime(
         items = "requests" if plan.arch.autoregressive else "samples"
         base, per_item = fit_step_overhead(own, items)
         quantiles = step_time_quantiles(own, items, base, per_item)
+        correlation = step_time_correlation(own, items, base, per_item)
         fields[plan.arch.name] = {
             "step_overhead_us": base * 1e6,
             "step_overhead_per_item_us": per_item * 1e6,
             "step_time_quantiles": quantiles,
+            "step_time_correlation": correlation,
         }
         _say(
             progress,
             f"step overhead of {plan.arch.name}: {base * 1e6:.0f} us + {per_item * 1e6:.1f} us per item;"
-            f" step time / price: median {_quantile(quantiles, 0.5):.3f}, p99 {_quantile(quantiles, 0.99):.3f}",
+            f" step time / price: median {_quantile(quantiles, 0.5):.3f}, p99 {_quantile(quantiles, 0.99):.3f},"
+            f" lag-1 correlation {correlation:.2f}",
         )
     set_runtime(profile, fields)
 

@@ -18,16 +18,19 @@ from tests.conftest import run_doc
 QUANTILES = [round(float(np.exp(0.3 * x)), 4) for x in np.sort(np.random.default_rng(7).standard_normal(400))[::2]]
 
 
-def jitter_profile(folder: Path, quantiles: list[float] = QUANTILES) -> Path:
-    """The datasheet H100 profile with a measured runtime section giving ``quantiles`` for
-    ResNet-50 and Llama-2-7B."""
+def jitter_profile(folder: Path, quantiles: list[float] = QUANTILES, correlation: float = 0.0) -> Path:
+    """The datasheet H100 profile with a measured runtime section giving ``quantiles`` (and
+    ``correlation`` between consecutive steps) for ResNet-50 and Llama-2-7B."""
     source = find_file("h100-sxm-80gb.yaml", "hardware_profiles")
     assert source is not None
     doc = yaml.safe_load(source.read_text())
     doc["name"] = "h100-jitter"
     doc["runtime"] = {
         "source": "test",
-        "per_architecture": {arch: {"step_time_quantiles": list(quantiles)} for arch in ("resnet-50", "llama-2-7b")},
+        "per_architecture": {
+            arch: {"step_time_quantiles": list(quantiles), "step_time_correlation": correlation}
+            for arch in ("resnet-50", "llama-2-7b")
+        },
     }
     path = folder / "h100-jitter.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -56,8 +59,33 @@ def test_ratios_follow_the_quantiles():
     assert QUANTILES[0] <= draws.min() and draws.max() <= QUANTILES[-1]
 
 
-def _decoder(tmp_path, jitter=True, coalesce=True):
-    profile = jitter_profile(tmp_path) if jitter else "h100-sxm-80gb"
+def test_correlated_ratios_keep_their_distribution_and_correlate_as_asked():
+    """The Gaussian copula: the marginal stays the quantiles' distribution, the normal scores'
+    lag-1 correlation is the one asked for, and peeking ahead equals taking one by one."""
+    from statistics import NormalDist
+
+    n = len(QUANTILES)
+    probs = (np.arange(n) + 0.5) / n
+    for rho in (0.3, 0.7):
+        draws = StepJitter(QUANTILES, seed=5, replica_id=0, correlation=rho).peek(100_000)
+        np.testing.assert_allclose(np.quantile(draws, probs[10:-10]), QUANTILES[10:-10], rtol=0.03)
+        ranks = np.argsort(np.argsort(draws))
+        scores = np.array([NormalDist().inv_cdf((r + 0.5) / len(draws)) for r in ranks.tolist()])
+        # the standard error of a lag-1 correlation over 1e5 draws is about 0.003
+        assert np.corrcoef(scores[1:], scores[:-1])[0, 1] == pytest.approx(rho, abs=0.02)
+        a = StepJitter(QUANTILES, seed=5, replica_id=0, correlation=rho)
+        b = StepJitter(QUANTILES, seed=5, replica_id=0, correlation=rho)
+        taken = [a.take() for _ in range(5000)]  # crosses a block boundary
+        b.advance(7)
+        assert np.array_equal(b.peek(4993), taken[7:])
+    independent = StepJitter(QUANTILES, seed=5, replica_id=0).peek(100_000)
+    assert abs(np.corrcoef(independent[1:], independent[:-1])[0, 1]) < 0.02
+    with pytest.raises(ValueError, match="correlation"):
+        StepJitter(QUANTILES, seed=5, replica_id=0, correlation=1.0)
+
+
+def _decoder(tmp_path, jitter=True, coalesce=True, correlation=0.0):
+    profile = jitter_profile(tmp_path, correlation=correlation) if jitter else "h100-sxm-80gb"
     return {
         "name": "jitter",
         "seed": 4,
@@ -79,9 +107,10 @@ def _decoder(tmp_path, jitter=True, coalesce=True):
     }
 
 
-def test_coalesced_decoding_with_jitter_is_identical_to_stepping(tmp_path):
-    _, fast, fast_df = run_doc(_decoder(tmp_path))
-    _, slow, slow_df = run_doc(_decoder(tmp_path, coalesce=False))
+@pytest.mark.parametrize("correlation", [0.0, 0.6])
+def test_coalesced_decoding_with_jitter_is_identical_to_stepping(tmp_path, correlation):
+    _, fast, fast_df = run_doc(_decoder(tmp_path, correlation=correlation))
+    _, slow, slow_df = run_doc(_decoder(tmp_path, coalesce=False, correlation=correlation))
     pd.testing.assert_frame_equal(fast_df, slow_df, check_exact=True)
     assert [r["busy_s"] for r in fast.replicas] == [r["busy_s"] for r in slow.replicas]
     assert fast.events < slow.events
