@@ -311,6 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
         " 'spec' keeps the experiment's own rates",
     )
     p.add_argument("--saturation-rps", type=float, help="skip measuring saturation: use this throughput (req/s)")
+    p.add_argument(
+        "--sim-streams",
+        type=int,
+        default=5,
+        help="simulate each load this many times, with as many streams of step-time noise, and compare their"
+        " mean (default 5)",
+    )
     _executor_options(p)
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors and the report's path")
     p.set_defaults(func=_cmd_validate)
@@ -388,6 +395,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             raise LdsimError(f"--loads {args.loads!r}: expected comma-separated numbers, e.g. 0.2,0.5,0.8") from None
         if not loads or any(not x > 0 for x in loads):
             raise LdsimError(f"--loads {args.loads!r}: give loads > 0, e.g. 0.2,0.4,0.6,0.8")
+    if args.sim_streams < 1:
+        raise LdsimError(f"--sim-streams {args.sim_streams}: give 1 or more")
 
     def progress(line: str) -> None:
         if not args.quiet:
@@ -404,6 +413,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         cores_per_device=args.cores_per_device,
         progress=progress,
         wait_quiet_s=args.wait_quiet,
+        sim_streams=args.sim_streams,
     )
     print(report)
     return 0

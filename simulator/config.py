@@ -397,10 +397,13 @@ class EngineSpec(_Spec):
     one event (results are identical to stepping; a test proves it).
     ``timeseries_interval_s`` sets the sampling period of ``timeseries.parquet`` (default:
     the arrival window / 200, doubling after every 1,000 samples so that a long drain keeps
-    the timeseries bounded)."""
+    the timeseries bounded). ``step_time_stream`` picks the stream of step-time ratios drawn
+    under a profile with a measured runtime scatter (``runtime.*.step_time_quantiles``): runs
+    that differ only in it replicate the runtime's noise over the same workload."""
 
     coalesce_decode: bool = True
     timeseries_interval_s: float | None = Field(default=None, gt=0)
+    step_time_stream: int = Field(default=0, ge=0)
 
 
 class SweepSpec(_Spec):

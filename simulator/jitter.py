@@ -40,17 +40,21 @@ _BLOCK = 4096
 
 class StepJitter:
     """The step-time ratios of one replica: ``quantiles`` of the ratio at probabilities
-    ``(i + 1/2) / n``, drawn from the generator of (``seed``, ``replica_id``), consecutive
-    steps correlated by ``correlation`` (the lag-1 correlation of their normal scores)."""
+    ``(i + 1/2) / n``, drawn from the generator of (``seed``, ``replica_id``, ``stream``),
+    consecutive steps correlated by ``correlation`` (the lag-1 correlation of their normal
+    scores)."""
 
-    def __init__(self, quantiles: Sequence[float], seed: int, replica_id: int, correlation: float = 0.0) -> None:
+    def __init__(
+        self, quantiles: Sequence[float], seed: int, replica_id: int, correlation: float = 0.0, stream: int = 0
+    ) -> None:
         if not 0.0 <= correlation < 1.0:
             raise ValueError(f"step-time correlation must be in [0, 1), got {correlation}")
         self.quantiles = np.asarray(quantiles, dtype=float)
         self.correlation = float(correlation)
         n = len(self.quantiles)
         self._probs = (np.arange(n) + 0.5) / n
-        self._rng = np.random.default_rng([_STREAM, int(seed), int(replica_id)])
+        key = [_STREAM, int(seed), int(replica_id)] + ([int(stream)] if stream else [])
+        self._rng = np.random.default_rng(key)
         self._z: float | None = None  # the last normal score drawn (correlated draws only)
         self._ratios = np.empty(0)  # ratios of steps _first, _first + 1, ...
         self._first = 0  # index of the next step

@@ -104,7 +104,13 @@ class Replica:
         quantiles = plan.cost.step_time_quantiles
         # step-time variability measured from a runtime (None: every step takes its price)
         self._jitter = (
-            StepJitter(quantiles, sim.resolved.run.seed, replica_id, plan.cost.step_time_correlation)
+            StepJitter(
+                quantiles,
+                sim.resolved.run.seed,
+                replica_id,
+                plan.cost.step_time_correlation,
+                sim.resolved.run.spec.engine.step_time_stream,
+            )
             if quantiles
             else None
         )

@@ -72,9 +72,38 @@ def _read(folder: Path) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
     return summary, frame, config
 
 
+def _streams(folder: Path, run_id: str) -> list[Path]:
+    """``folder/run_id`` and its replications with other step-time streams
+    (``run_id_stream-k``), those that finished."""
+    dirs = [folder / run_id, *sorted(folder.glob(f"{run_id}_stream-*"))]
+    return [d for d in dirs if (d / "summary.json").is_file()]
+
+
+def _mean_summary(dirs: Sequence[Path]) -> tuple[dict[str, Any], dict[str, float]]:
+    """Each metric's mean over the summaries in ``dirs`` (None when any lacks it), and its
+    standard deviation over them."""
+    sums = [json.loads((d / "summary.json").read_text()) for d in dirs]
+    mean: dict[str, Any] = dict(sums[0])
+    sd: dict[str, float] = {}
+    for key in METRICS:
+        values = [s.get(key) for s in sums]
+        if any(v is None for v in values):
+            mean[key] = None
+            continue
+        mean[key] = float(np.mean(values))
+        sd[key] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return mean, sd
+
+
 def compare_run(sim_dir: Path, exe_dir: Path) -> dict[str, Any]:
-    """The comparison of one run (see the module docstring), as plain data."""
-    s_sum, s_df, _ = _read(sim_dir)
+    """The comparison of one run (see the module docstring), as plain data. The simulated
+    figures are the mean over ``sim_dir`` and its replications with other step-time streams
+    beside it (``<run>_stream-k`` there or in ``simulated-streams/``); per-request errors use
+    ``sim_dir`` itself."""
+    _, s_df, _ = _read(sim_dir)
+    others = _streams(sim_dir.parent.parent / "simulated-streams", sim_dir.name)
+    sim_dirs = _streams(sim_dir.parent, sim_dir.name) + [d for d in others if d.name != sim_dir.name]
+    s_sum, s_sd = _mean_summary(sim_dirs)
     e_sum, e_df, e_cfg = _read(exe_dir)
     point = e_cfg.get("run", {}).get("point", {}) or {}
     row: dict[str, Any] = {
@@ -87,9 +116,11 @@ def compare_run(sim_dir: Path, exe_dir: Path) -> dict[str, Any]:
         "failed_exec": e_sum.get("failed"),
         "executor": e_cfg.get("executor", {}),
     }
+    row["sim_streams"] = len(sim_dirs)
     for key in METRICS:
         sim, exe = s_sum.get(key), e_sum.get(key)
         row[f"{key}_sim"], row[f"{key}_exec"], row[f"{key}_err"] = sim, exe, _rel(sim, exe)
+        row[f"{key}_sim_sd"] = s_sd.get(key)
     row["pass"] = all(row[f"{k}_err"] is not None and abs(row[f"{k}_err"]) <= tol for k, tol in TARGETS.items())
     both = s_df[["request_id", "status", "e2e_s", "ttft_s"]].merge(
         e_df[["request_id", "status", "e2e_s", "ttft_s"]], on="request_id", suffixes=("_sim", "_exec")
@@ -115,9 +146,9 @@ def compare_run(sim_dir: Path, exe_dir: Path) -> dict[str, Any]:
             row["steps"] = len(steps)
             row["step_measured_mean_s"] = float(steps["measured_s"].mean())
             row["step_predicted_mean_s"] = float(steps["predicted_s"].mean())
-    matched_dir = sim_dir.parent.parent / "simulated-matched" / sim_dir.name
-    if (matched_dir / "summary.json").is_file():
-        m_sum = json.loads((matched_dir / "summary.json").read_text())
+    matched = _streams(sim_dir.parent.parent / "simulated-matched", sim_dir.name)
+    if matched:
+        m_sum, _ = _mean_summary(matched)
         for key in METRICS:
             row[f"{key}_matched_err"] = _rel(m_sum.get(key), e_sum.get(key))
         if row.get("step_predicted_mean_s"):
@@ -301,7 +332,9 @@ def _table(rows: list[dict[str, Any]], metrics: list[str]) -> str:
         cells = [f"<td>{html.escape(_label(r))}</td>", f"<td>{_fmt(r.get('offered_rps'))}</td>"]
         for k in metrics:
             _, scale, _ = METRICS[k]
-            cells.append(f"<td>{_fmt(r.get(f'{k}_sim'), scale)} / {_fmt(r.get(f'{k}_exec'), scale)}</td>")
+            sd = r.get(f"{k}_sim_sd")
+            spread = f" ± {_fmt(sd, scale)}" if sd else ""
+            cells.append(f"<td>{_fmt(r.get(f'{k}_sim'), scale)}{spread} / {_fmt(r.get(f'{k}_exec'), scale)}</td>")
             cells.append(_err_cell(r.get(f"{k}_err"), TARGETS.get(k)))
         req = [r.get(f"request_e2e_err_p{p}") for p in (5, 50, 95)]
         cells.append("<td>" + " / ".join(_fmt(v, 100, 1) + "%" if v is not None else "–" for v in req) + "</td>")
@@ -344,7 +377,9 @@ tokens, the end of the forward pass that produced its result;</li>
 <li>TPOT = (completion - first token) / (output tokens - 1); throughput = completed requests / (last final status -
 first arrival).</li>
 </ul>
-<p>Relative errors are <code>simulated / executed - 1</code>. Per-request errors compare the same request (same
+<p>Relative errors are <code>simulated / executed - 1</code>. The simulated figures are the mean over the
+simulations of the run with different streams of step-time noise (<code>--sim-streams</code>; ± their standard
+deviation); the execution is one sample of its own noise. Per-request errors compare the same request (same
 id). The step error compares each executed step's duration (its nominal start, when the coordinator decided it, to
 its end on the worker) with the cost model's price of that exact batch, including the profile's runtime terms
 (step overhead, wake-up after idle).</p>

@@ -45,7 +45,9 @@ from simulator.results import atomic_write_text
 __all__ = [
     "CALIBRATION_LOAD",
     "DEFAULT_LOADS",
+    "DEFAULT_SIM_STREAMS",
     "MATCHED_DIR",
+    "STREAMS_DIR",
     "Saturation",
     "fit_step_overhead",
     "load_runs",
@@ -56,6 +58,7 @@ __all__ = [
     "step_time_correlation",
     "step_time_quantiles",
     "validate",
+    "with_streams",
 ]
 
 #: Loads (fractions of the measured saturation throughput) validated by default.
@@ -322,6 +325,24 @@ def measure_runtime(
 #: Folder (under a validation's output) of the simulations at each execution's step speed.
 MATCHED_DIR = "simulated-matched"
 
+#: Folder of the further simulations of each run, with other streams of step-time noise.
+STREAMS_DIR = "simulated-streams"
+
+#: Simulations per run by default (streams of step-time noise), whose mean is compared.
+DEFAULT_SIM_STREAMS = 5
+
+
+def with_streams(runs: Sequence[RunSpec], streams: int, first: int = 0) -> list[RunSpec]:
+    """Each run once per step-time stream ``first .. streams - 1``
+    (``engine.step_time_stream``), stream ``k > 0`` with the run id suffix ``_stream-k``."""
+    out = []
+    for run in runs:
+        for k in range(first, streams):
+            engine = run.spec.engine.model_copy(update={"step_time_stream": k})
+            spec = run.spec.model_copy(update={"engine": engine})
+            out.append(replace(run, spec=spec, run_id=run.run_id + (f"_stream-{k}" if k else "")))
+    return out
+
 
 def measured_speed(steps: pd.DataFrame) -> float:
     """How much slower (> 1) or faster (< 1) an execution's steps ran than the cost model priced
@@ -331,12 +352,13 @@ def measured_speed(steps: pd.DataFrame) -> float:
     return float(steps["measured_s"].sum()) / priced if priced > 0 else 1.0
 
 
-def simulate_at_measured_speed(runs: Sequence[RunSpec], profile: Path, out: Path) -> None:
+def simulate_at_measured_speed(runs: Sequence[RunSpec], profile: Path, out: Path, streams: int = 1) -> None:
     """A diagnostic second simulation of each executed run, with every step's price scaled by
     :func:`measured_speed` of that execution (the runtime's step-time quantiles multiplied by
     it, in a copy of the profile beside it): what remains of the error is the modelling of
     queues, batching and the step-time scatter, not the machine running faster or slower than
-    it did while it was profiled. Written to ``OUT/simulated-matched/`` (redone every time)."""
+    it did while it was profiled. ``streams`` simulations each (:func:`with_streams`), written
+    to ``OUT/simulated-matched/`` (redone every time)."""
     import shutil
 
     import yaml
@@ -367,7 +389,7 @@ def simulate_at_measured_speed(runs: Sequence[RunSpec], profile: Path, out: Path
         cluster = run.spec.cluster.model_copy(update={"profile": str(copy)})
         matched.append(replace(run, spec=run.spec.model_copy(update={"cluster": cluster})))
     if matched:
-        run_sweep(matched, folder, jobs=1, progress=False)
+        run_sweep(with_streams(matched, streams), folder, jobs=1, progress=False)
 
 
 def load_runs(
@@ -396,8 +418,13 @@ def validate(
     cores_per_device: int | None = None,
     progress: Callable[[str], None] | None = None,
     wait_quiet_s: float = 0.0,
+    sim_streams: int = DEFAULT_SIM_STREAMS,
 ) -> Path:
     """Validate the experiment at ``path`` (see the module docstring); return the report's path.
+
+    ``sim_streams``: simulations of each run, each with its own stream of step-time noise
+    (``engine.step_time_stream``; the first in ``OUT/simulated/``, the others in
+    ``OUT/simulated-streams/``); the report compares their mean with the execution.
 
     ``wait_quiet_s``: before measuring the profile and before each execution, wait up to this
     long for other processes to leave the machine quiet (timings are only as good as that)."""
@@ -457,13 +484,14 @@ def validate(
         resolve(run)
     _say(progress, f"simulating {len(runs)} run(s) -> {out / 'simulated'}")
     sims = run_sweep(runs, out / "simulated", jobs=1, progress=False)
+    sims += run_sweep(with_streams(runs, sim_streams, first=1), out / STREAMS_DIR, jobs=1, progress=False)
     failed = [o for o in sims if o.status == "failed"]
     if failed:
         raise LdsimError(f"simulating {failed[0].run_id} failed: {failed[0].message}")
     _say(progress, f"executing {len(runs)} run(s) -> {out / 'executed'}")
     execute_runs(runs, out / "executed", device, cores_per_device, progress, wait_quiet_s)
     _say(progress, f"simulating again at each execution's own step speed -> {out / MATCHED_DIR}")
-    simulate_at_measured_speed(runs, prof, out)
+    simulate_at_measured_speed(runs, prof, out, sim_streams)
     from simulator.hardware import load_profile
 
     runtime = load_profile(prof).runtime
@@ -477,6 +505,7 @@ def validate(
         "saturation_rps_given": saturation_rps,
         "device": device,
         "wait_quiet_s": wait_quiet_s,
+        "sim_streams": sim_streams,
         "host": socket.gethostname(),
         "seconds": time.time() - started,
     }

@@ -84,6 +84,26 @@ def test_correlated_ratios_keep_their_distribution_and_correlate_as_asked():
         StepJitter(QUANTILES, seed=5, replica_id=0, correlation=1.0)
 
 
+def test_step_time_streams_replicate_the_noise_over_the_same_workload(tmp_path):
+    """``engine.step_time_stream`` changes the step-time draws and nothing else: same arrivals
+    and sizes, other service times; stream 0 is the default stream."""
+    assert np.array_equal(StepJitter(QUANTILES, 3, 1).peek(50), StepJitter(QUANTILES, 3, 1, stream=0).peek(50))
+    assert not np.array_equal(StepJitter(QUANTILES, 3, 1).peek(50), StepJitter(QUANTILES, 3, 1, stream=2).peek(50))
+    doc = {
+        "name": "streams",
+        "seed": 1,
+        "cluster": {"profile": str(jitter_profile(tmp_path)), "replicas": 1},
+        "models": {"resnet50": {"architecture": "resnet-50", "dtype": "fp16", "batching": {"policy": "none"}}},
+        "workload": {"rate_rps": 10.0, "num_requests": 200, "mix": [{"model": "resnet50"}]},
+    }
+    _, _, base = run_doc(copy.deepcopy(doc))
+    doc["engine"] = {"step_time_stream": 3}
+    _, _, other = run_doc(doc)
+    assert np.array_equal(base["arrival_s"], other["arrival_s"])
+    assert np.array_equal(base["input_samples"], other["input_samples"])
+    assert not np.allclose(base["e2e_s"], other["e2e_s"])
+
+
 def _decoder(tmp_path, jitter=True, coalesce=True, correlation=0.0):
     profile = jitter_profile(tmp_path, correlation=correlation) if jitter else "h100-sxm-80gb"
     return {
