@@ -96,6 +96,23 @@ def _profile_path(out: Path, name: str, profile: str | None) -> Path:
     return found.resolve()
 
 
+#: A profile reused after this many seconds gets a note: the machine may have drifted since.
+STALE_PROFILE_S = 1800.0
+
+
+def _age_s(date: str | None) -> float | None:
+    """Seconds since the ISO ``date`` (None when it does not parse)."""
+    from datetime import datetime, timezone
+
+    try:
+        when = datetime.fromisoformat(str(date))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return (datetime.now(timezone.utc) - when).total_seconds()
+
+
 def _ensure_profile(
     path: Path,
     runs: list[RunSpec],
@@ -121,6 +138,14 @@ def _ensure_profile(
         host = socket.gethostname()
         if measured is not None and host not in measured.host:
             _say(progress, f"note: {path} was measured on {measured.host}, not on this host ({host})")
+        age_s = _age_s(measured.date if measured is not None else None)
+        if age_s is not None and age_s > STALE_PROFILE_S:
+            _say(
+                progress,
+                f"note: reusing {path}, measured {age_s / 3600:.1f} h ago; a shared machine's speed drifts (10-15%"
+                " over hours on the 2-core VM ldsim was validated on) and the errors will include that drift;"
+                " give a new --out folder to measure everything anew",
+            )
         per = prof.runtime.per_architecture if prof.runtime is not None else {}
         shapes = [s for s in shapes if s.arch.name not in per or not per[s.arch.name].wake_after_idle]
         if not shapes:
