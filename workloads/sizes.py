@@ -20,7 +20,7 @@ from pydantic import Field, model_validator
 from simulator.policy import PolicyParams
 from workloads.traces import read_numeric_columns, resolve_data_file
 
-__all__ = ["Empirical", "Fixed", "GammaSize", "LogNormal", "SizeDistribution", "Uniform"]
+__all__ = ["ClippedParams", "Empirical", "Fixed", "GammaSize", "LogNormal", "SizeDistribution", "Uniform"]
 
 
 class SizeDistribution(Protocol):
@@ -78,22 +78,31 @@ class Uniform:
         return (self.params.low + self.params.high) / 2.0
 
 
+class ClippedParams(PolicyParams):
+    """The bounds shared by the parametric sizes: optional ``min`` (default 1) and ``max``."""
+
+    min: int = Field(default=1, ge=0)
+    max: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> ClippedParams:
+        if self.max is not None and self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+        return self
+
+    def clip(self, values: np.ndarray) -> np.ndarray:
+        """``values`` rounded to integers within ``[min, max]``."""
+        return np.clip(np.rint(values), self.min, self.max).astype(np.int64)
+
+
 class LogNormal:
     """``round(exp(N(log(median), sigma)))``, clipped to ``[min, max]``."""
 
-    class Params(PolicyParams):
+    class Params(ClippedParams):
         """``median`` (> 0), ``sigma`` of the log (> 0), optional ``min`` and ``max``."""
 
         median: float = Field(gt=0)
         sigma: float = Field(gt=0)
-        min: int = Field(default=1, ge=0)
-        max: int | None = Field(default=None, ge=1)
-
-        @model_validator(mode="after")
-        def _check(self) -> LogNormal.Params:
-            if self.max is not None and self.max < self.min:
-                raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
-            return self
 
     def __init__(self, params: Params, base_dir: Path | None = None) -> None:
         self.params = params
@@ -101,27 +110,18 @@ class LogNormal:
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """Log-normal integers."""
         p = self.params
-        values = np.rint(rng.lognormal(np.log(p.median), p.sigma, n))
-        return np.clip(values, p.min, p.max if p.max is not None else None).astype(np.int64)
+        return p.clip(rng.lognormal(np.log(p.median), p.sigma, n))
 
 
 class GammaSize:
     """``round(Gamma)`` with mean ``mean`` and coefficient of variation ``cv``, clipped to
     ``[min, max]`` (the clipping moves the mean a little when it bites)."""
 
-    class Params(PolicyParams):
+    class Params(ClippedParams):
         """``mean`` (> 0), ``cv`` (> 0), optional ``min`` (default 1) and ``max``."""
 
         mean: float = Field(gt=0)
         cv: float = Field(gt=0)
-        min: int = Field(default=1, ge=0)
-        max: int | None = Field(default=None, ge=1)
-
-        @model_validator(mode="after")
-        def _check(self) -> GammaSize.Params:
-            if self.max is not None and self.max < self.min:
-                raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
-            return self
 
     def __init__(self, params: Params, base_dir: Path | None = None) -> None:
         self.params = params
@@ -130,8 +130,7 @@ class GammaSize:
         """Gamma integers."""
         p = self.params
         shape = 1.0 / p.cv**2
-        values = np.rint(rng.gamma(shape, p.mean / shape, n))
-        return np.clip(values, p.min, p.max if p.max is not None else None).astype(np.int64)
+        return p.clip(rng.gamma(shape, p.mean / shape, n))
 
 
 class Empirical:
