@@ -645,7 +645,10 @@ class Recommendation(Architecture):
         """Operators of one forward pass over ``samples`` queries."""
         b = dtype_bytes(dtype)
         d, n_t = self.embedding_dim, len(self.table_rows)
-        ops = [_gemm(f"mlp{i}", samples, o, i_, b) for i, (i_, o) in enumerate(self._mlp_dims())]
+        dims = self._mlp_dims()
+        # the ReLU after each MLP layer is taken as fused into its GEMM (an epilogue, as
+        # inference runtimes run it), so it is not an operator of its own
+        ops = [_gemm(f"mlp{i}", samples, o, i_, b) for i, (i_, o) in enumerate(dims)]
         gathered = samples * n_t * self.lookups_per_table * d
         ops.append(
             Operator(
@@ -668,6 +671,10 @@ class Recommendation(Architecture):
                 (samples * n, n, d),
             )
         )
+        # the interaction's data movement: the dense vector concatenated with the embeddings
+        # before the products, and the distinct products gathered and concatenated after them
+        ops.append(_elementwise("interaction_concat", samples * n * d, b, tensors=2))
+        ops.append(_elementwise("interaction_gather", samples * self.interaction_width, b, tensors=2))
         return ops
 
     def activation_bytes(self, samples: int, dtype: str) -> float:
