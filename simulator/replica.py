@@ -309,9 +309,29 @@ class Replica:
 class BatchReplica(Replica):
     """A non-autoregressive model: one forward pass per batch; every request ends with it."""
 
+    def _count_step(self, items: int, flops: int, nbytes: int) -> None:
+        """Count one forward pass of ``items`` requests in the replica's statistics."""
+        self.steps += 1
+        self.step_items += items
+        self.flops += flops
+        self.bytes_moved += nbytes
+
+    def _forward(
+        self, batch: tuple[Request, ...], now: float, samples: int, seq_len: int
+    ) -> Generator[simpy.Event, Any, float]:
+        """Run ``batch``'s forward pass from ``now`` (``samples`` items, padded to ``seq_len``
+        tokens for an encoder); return when it ended. Here: its price, scaled by the runtime's
+        step-time ratio, plus any wake-up after idling; the real executor runs it instead."""
+        duration, flops, nbytes = self._cost.batch(samples, seq_len)
+        self._busy(now)
+        self._count_step(len(batch), flops, nbytes)
+        if self._jitter is not None:
+            duration *= self._jitter.take()
+        yield self._env.timer_at(now + duration + self._take_wake())
+        return float(self._env.now)
+
     def _loop(self) -> Generator[simpy.Event, Any, None]:
         env = self._env
-        cost = self._cost
         sim = self._sim
         encoder = isinstance(self.plan.arch, Encoder)
         while True:
@@ -329,16 +349,7 @@ class BatchReplica(Replica):
                 samples += req.input_samples
                 if req.input_tokens > seq_len:
                     seq_len = req.input_tokens
-            duration, flops, nbytes = cost.batch(samples, seq_len if encoder else 0)
-            self._busy(now)
-            self.steps += 1
-            self.step_items += len(batch)
-            self.flops += flops
-            self.bytes_moved += nbytes
-            if self._jitter is not None:
-                duration *= self._jitter.take()
-            yield env.timer_at(now + duration + self._take_wake())
-            end = env.now
+            end = yield from self._forward(batch, now, samples, seq_len if encoder else 0)
             self.running = []
             self.outstanding -= len(batch)
             for req in batch:

@@ -54,9 +54,9 @@ from simulator.engine import Environment, Simulation, SimulationResult
 from simulator.errors import ConfigError, LdsimError
 from simulator.executor.worker import WorkerConfig, start_worker
 from simulator.experiment import ResolvedRun
-from simulator.models import Decoder, Encoder
+from simulator.models import Decoder
 from simulator.replica import BatchReplica
-from simulator.request import COMPLETED, FAILED, PENDING, Request
+from simulator.request import FAILED, PENDING, Request
 
 __all__ = [
     "MIN_SAMPLE_INTERVAL_S",
@@ -273,49 +273,26 @@ class WorkerPool:
 # ---- replicas --------------------------------------------------------------------------------
 
 
-def _samples(batch: tuple[Any, ...]) -> int:
-    return sum(int(r.input_samples) for r in batch)
-
-
 class ExecBatchReplica(BatchReplica):
     """:class:`~simulator.replica.BatchReplica` whose forward passes run on a worker."""
 
-    def _loop(self) -> Generator[simpy.Event, Any, None]:
-        env = self._env
+    def _forward(
+        self, batch: tuple[Any, ...], now: float, samples: int, seq_len: int
+    ) -> Generator[simpy.Event, Any, float]:
+        """Send the batch to the worker (an encoder's per-sample lengths, else the sample count)
+        and log the step; return when the worker finished it."""
         sim: Execution = self._sim  # type: ignore[assignment]
-        encoder = isinstance(self.plan.arch, Encoder)
-        while True:
-            now = env.now
-            decision = self._decide(now)
-            batch = decision.admit
-            if not batch:
-                yield from self._idle(now, decision.wake_at_s)
-                continue
-            self.running = list(batch)
-            for req in batch:
-                req.start_s = now
-            samples = _samples(batch)
-            if encoder:
-                lengths = [int(r.input_tokens) for r in batch for _ in range(int(r.input_samples))]
-                payload: Any = lengths
-                seq_len = max(lengths)
-            else:
-                payload, seq_len = samples, 0
-            predicted, flops, nbytes = self._cost.batch(samples, seq_len)
-            self._busy(now)
-            predicted += self._take_wake()
-            self.steps += 1
-            self.step_items += len(batch)
-            self.flops += flops
-            self.bytes_moved += nbytes
-            timing = yield sim.dispatch(self, ("batch", self.replica_id, payload), predicted)
-            end = timing[1]
-            sim.log_step(self, now, timing, predicted, len(batch), samples, seq_len, 0, 0, 0)
-            self.running = []
-            self.outstanding -= len(batch)
-            for req in batch:
-                req.first_token_s = end
-                sim.finalize(req, COMPLETED, end)
+        if seq_len:
+            payload: Any = [int(r.input_tokens) for r in batch for _ in range(int(r.input_samples))]
+        else:
+            payload = samples
+        predicted, flops, nbytes = self._cost.batch(samples, seq_len)
+        self._busy(now)
+        predicted += self._take_wake()
+        self._count_step(len(batch), flops, nbytes)
+        timing = yield sim.dispatch(self, ("batch", self.replica_id, payload), predicted)
+        sim.log_step(self, now, timing, predicted, len(batch), samples, seq_len, 0, 0, 0)
+        return float(timing[1])
 
 
 class ExecDecoderReplica(DecoderReplica):
